@@ -1,0 +1,41 @@
+"""ReFT-style form (LoReFT): ``Δh = m·Rᵀ(W h + b − R h)`` on the residual stream after block ``layer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from .base import HookCall, Intervention
+
+
+class ReFTIntervention(Intervention):
+    """A low-rank representation edit with orthonormal rows ``R`` (``r × d``) and an affine ``W h + b``.
+
+    In the unified view ``ΔW = Rᵀ(W − R)`` and ``Δb = Rᵀb``: an input-dependent low-rank update.
+
+    Args:
+        layer: decoder block whose output is edited.
+        hidden_size: residual-stream width ``d``.
+        rank: number of rows of ``R``.
+    """
+
+    site = "block_output"
+    form = "reft"
+
+    def __init__(self, layer: int, hidden_size: int, rank: int = 4) -> None:
+        super().__init__(layer)
+        self.hidden_size = int(hidden_size)
+        self.rank = int(rank)
+        rotate = nn.Linear(hidden_size, rank, bias=False)
+        self.rotate = parametrizations.orthogonal(rotate)
+        self.learned_source = nn.Linear(hidden_size, rank)
+
+    def delta(self, x: torch.Tensor, call: HookCall) -> torch.Tensor:
+        r = self.rotate.weight
+        return (self.learned_source(x) - x @ r.T) @ r
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "hidden_size": self.hidden_size, "rank": self.rank}

@@ -1,0 +1,365 @@
+"""The Lightning data module of polarity pairs: read, validate, split, tokenise, batch."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_split.data.batch import PairBatch
+from lightning_split.data.pairs import BadRowError, PolarityPair
+from lightning_split.data.readers import read_pairs
+from lightning_split.data.registry import ResolvedDataset, resolve_dataset
+from lightning_split.data.splits import SPLIT_NAMES, Splits, split_dataset
+from lightning_split.data.tokenize import PairTokenizer, TokenizedPair
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A row left out because ``skip_bad_rows`` was set.
+
+    Attributes:
+        source: the file.
+        line: the 1-based line (or parquet row).
+        reason: what was wrong.
+    """
+
+    source: str
+    line: int
+    reason: str
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """Loads a Hugging Face tokenizer from a hub id, a local folder or a ``.gguf`` file.
+
+    Args:
+        name_or_path: hub id, folder, or path of a GGUF file.
+
+    Returns:
+        The tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads token lists to the longest one.
+
+    Args:
+        seqs: token id lists.
+        pad_id: the padding id.
+
+    Returns:
+        ``ids [B, T]`` (long) and ``mask [B, T]`` (long, 1 for real tokens, 0 for padding).
+    """
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+class PairDataset(Dataset):
+    """Tokenised pairs of one split; item ``i`` carries ``index = i``.
+
+    Args:
+        items: the tokenised pairs, in split order.
+    """
+
+    def __init__(self, items: list[TokenizedPair]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, TokenizedPair]:
+        return i, self.items[i]
+
+
+class PairCollator:
+    """Collates ``(index, TokenizedPair)`` items into a right-padded :class:`PairBatch`.
+
+    Args:
+        pad_id: the padding id (the tokenizer's pad token, else its EOS).
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[tuple[int, TokenizedPair]]) -> PairBatch:
+        prompt_ids, prompt_mask = pad_right([it.prompt_ids for _, it in items], self.pad_id)
+        pos_ids, pos_mask = pad_right([it.pos_ids for _, it in items], self.pad_id)
+        neg_ids, neg_mask = pad_right([it.neg_ids for _, it in items], self.pad_id)
+        index = torch.tensor([i for i, _ in items], dtype=torch.long)
+        return PairBatch(prompt_ids, prompt_mask, pos_ids, pos_mask, neg_ids, neg_mask, index)
+
+
+class PolarityDataModule(L.LightningDataModule):
+    """Polarity pairs from a named dataset or a file, split with a seed and tokenised for the model.
+
+    The tokenizer normally comes from the model, which calls :meth:`set_tokenizer` (or sets
+    :attr:`tokenizer`); ``tokenizer`` may also name one to load. :meth:`setup` reads, validates and splits
+    the data (no tokenizer needed); tokenisation happens as soon as a tokenizer is known, at the latest when
+    a dataloader is requested. With ``skip_bad_rows`` unusable rows, including pairs over ``max_length``,
+    are left out, logged as a warning with their count and listed in :attr:`skipped`; without it the first
+    one raises :class:`~lightning_split.data.pairs.BadRowError`.
+
+    Args:
+        dataset: ``psychopathy``, ``power-seeking``, ``sentiment`` (embedded default) or a data file path.
+        data_dir: the data directory for named datasets (else ``$LIGHTNING_SPLIT_DATA_DIR``, else
+            ``../shared/data`` relative to the working directory).
+        tokenizer: a tokenizer to load (hub id, folder or ``.gguf`` file) when the model does not set one.
+        batch_size: training batch size.
+        eval_batch_size: validation, test and predict batch size.
+        train_size: training pairs (None: the dataset's default, e.g. 500 for Psychopathy/PowerSeeking).
+        val_size: validation pairs (None: the dataset's default, 50 for Psychopathy/PowerSeeking).
+        test_size: test pairs (None: the dataset's default, 100 for Psychopathy, 200 for PowerSeeking).
+        seed: seed of the splits and of the training shuffle.
+        max_length: the most tokens of a prompt plus its longer completion.
+        skip_bad_rows: leave out and count unusable rows instead of stopping at the first.
+        system_prompt: optional system message for the chat template.
+        num_workers: dataloader worker processes.
+        data_format: ``auto`` (from the extension), ``jsonl``, ``csv`` or ``parquet``.
+        question_field: overrides the detected question field.
+        matching_field: overrides the detected matching-completion field.
+        not_matching_field: overrides the detected not-matching-completion field.
+        group_field: a field that groups rows (AxBench ``concept_id``).
+        use_chat_template: None uses the tokenizer's chat template when it has one; False uses plain text.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "sentiment",
+        data_dir: str | None = None,
+        tokenizer: str | None = None,
+        batch_size: int = 4,
+        eval_batch_size: int = 8,
+        train_size: int | None = None,
+        val_size: int | None = None,
+        test_size: int | None = None,
+        seed: int = 42,
+        max_length: int = 512,
+        skip_bad_rows: bool = False,
+        system_prompt: str | None = None,
+        num_workers: int = 0,
+        data_format: str = "auto",
+        question_field: str | None = None,
+        matching_field: str | None = None,
+        not_matching_field: str | None = None,
+        group_field: str | None = None,
+        use_chat_template: bool | None = None,
+    ) -> None:
+        super().__init__()
+        by_name = tokenizer is None or isinstance(tokenizer, str)
+        self.save_hyperparameters(ignore=[] if by_name else ["tokenizer"])
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.sizes = (train_size, val_size, test_size)
+        self.seed = seed
+        self.max_length = max_length
+        self.skip_bad_rows = skip_bad_rows
+        self.system_prompt = system_prompt
+        self.num_workers = num_workers
+        self.data_format = data_format
+        fields = {"question": question_field, "matching": matching_field, "not_matching": not_matching_field,
+                  "group": group_field}
+        self.field_map = {k: v for k, v in fields.items() if v is not None} or None
+        self.use_chat_template = use_chat_template
+        self.resolved: ResolvedDataset | None = None
+        self.splits: Splits | None = None
+        self.read_skipped: list[SkippedRow] = []
+        self.length_skipped: list[SkippedRow] = []
+        self._kept: Splits | None = None
+        self._tokenized: dict[str, list[TokenizedPair]] | None = None
+        self._pair_tokenizer: PairTokenizer | None = None
+        self._tokenizer: Any = None
+        self._tokenizer_name: str | None = None
+        self.tokenizer = tokenizer
+
+    # ---- tokenizer -------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer object (loaded from the ``tokenizer`` name on first use if only a name was given)."""
+        if self._tokenizer is None and self._tokenizer_name is not None:
+            self._tokenizer = load_tokenizer(self._tokenizer_name)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        self.set_tokenizer(tokenizer)
+
+    def set_tokenizer(self, tokenizer: Any) -> None:
+        """Sets the tokenizer (an object, or a name/path to load); drops any earlier tokenisation.
+
+        Args:
+            tokenizer: a Hugging Face tokenizer, a hub id / folder / ``.gguf`` path, or None.
+        """
+        if isinstance(tokenizer, (str, Path)):
+            self._tokenizer, self._tokenizer_name = None, str(tokenizer)
+        else:
+            self._tokenizer, self._tokenizer_name = tokenizer, None
+        self._tokenized, self._kept, self._pair_tokenizer = None, None, None
+        self.length_skipped = []
+
+    @property
+    def pair_tokenizer(self) -> PairTokenizer:
+        """The :class:`PairTokenizer` built from the tokenizer and the prompt options."""
+        if self._pair_tokenizer is None:
+            if self.tokenizer is None:
+                raise RuntimeError(
+                    "PolarityDataModule has no tokenizer: the model sets it with set_tokenizer(), "
+                    "or pass `tokenizer:` (hub id, folder or .gguf file)"
+                )
+            self._pair_tokenizer = PairTokenizer(self.tokenizer, self.max_length, self.system_prompt,
+                                                 self.use_chat_template)
+        return self._pair_tokenizer
+
+    # ---- reading and splitting -------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Reads, validates and splits the data (once), and tokenises it if a tokenizer is known.
+
+        Args:
+            stage: the Lightning stage (unused: every split is prepared).
+        """
+        if self.splits is None:
+            self.resolved = resolve_dataset(self.dataset, self.data_dir)
+            pools: dict[str, list[PolarityPair]] = {}
+            for name, path in self.resolved.paths.items():
+                result = read_pairs(path, self.data_format, self.field_map, self.skip_bad_rows)
+                pools[name] = result.pairs
+                self.read_skipped += [SkippedRow(result.source, line, why) for line, why in result.skipped]
+            self._report_skipped("reading", self.read_skipped)
+            train_size, val_size, test_size = self.sizes
+            self.splits = split_dataset(self.resolved.spec, pools, train_size, val_size, test_size, self.seed)
+            log.info("dataset %s: %s pairs per split", self.resolved.spec.name, self.splits.sizes())
+        if self.tokenizer is not None:
+            self._tokenize()
+
+    @property
+    def skipped(self) -> list[SkippedRow]:
+        """Every row left out with ``skip_bad_rows``: unusable rows, then pairs over ``max_length``."""
+        return self.read_skipped + self.length_skipped
+
+    def _report_skipped(self, when: str, new: list[SkippedRow]) -> None:
+        if new:
+            first = "; ".join(f"{s.source}:{s.line} {s.reason}" for s in new[:3])
+            log.warning(
+                "skip_bad_rows: left out %d unusable row(s) of dataset %r while %s (first: %s)",
+                len(new), self.dataset, when, first,
+            )
+
+    def _tokenize(self) -> dict[str, list[TokenizedPair]]:
+        if self._tokenized is not None:
+            return self._tokenized
+        if self.splits is None:
+            self.setup()
+        assert self.splits is not None
+        tok = self.pair_tokenizer
+        self.length_skipped = []
+        kept = Splits()
+        tokenized: dict[str, list[TokenizedPair]] = {}
+        for name in SPLIT_NAMES:
+            kept_pairs, kept_ids = [], []
+            for pair in self.splits[name]:
+                try:
+                    kept_ids.append(tok(pair))
+                    kept_pairs.append(pair)
+                except BadRowError as err:
+                    if not self.skip_bad_rows:
+                        raise
+                    self.length_skipped.append(SkippedRow(err.source, err.line, err.problem))
+            setattr(kept, name, kept_pairs)
+            tokenized[name] = kept_ids
+        self._report_skipped("tokenising", self.length_skipped)
+        self._kept, self._tokenized = kept, tokenized
+        return tokenized
+
+    def pairs(self, split: str) -> list[PolarityPair]:
+        """The pairs of a split (``train``, ``validation``/``val``, ``test``), in the order of its indices.
+
+        After tokenisation, pairs skipped as too long are no longer in the list.
+
+        Args:
+            split: the split name.
+
+        Returns:
+            The split's pairs.
+        """
+        if self.splits is None:
+            self.setup()
+        assert self.splits is not None
+        return (self._kept or self.splits)[split]
+
+    def tokenized(self, split: str) -> list[TokenizedPair]:
+        """The tokenised pairs of a split (tokenising every split on first use).
+
+        Args:
+            split: the split name.
+
+        Returns:
+            Token ids of each pair, in split order.
+        """
+        name = {"val": "validation", "valid": "validation", "dev": "validation"}.get(split, split)
+        return self._tokenize()[name]
+
+    def report(self) -> dict[str, Any]:
+        """What was used, for recording with results: dataset, files, seed, split sizes, skipped rows."""
+        if self.splits is None:
+            self.setup()
+        assert self.resolved is not None and self.splits is not None
+        return {
+            "dataset": self.resolved.spec.name,
+            "files": {k: str(v) for k, v in self.resolved.paths.items()},
+            "seed": self.seed,
+            "sizes": (self._kept or self.splits).sizes(),
+            "max_length": self.max_length,
+            "skip_bad_rows": self.skip_bad_rows,
+            "skipped": len(self.skipped),
+            "skipped_rows": [(s.source, s.line, s.reason) for s in self.skipped],
+        }
+
+    # ---- dataloaders -----------------------------------------------------------------------------------
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = PairDataset(self.tokenized(split))
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=PairCollator(self.pair_tokenizer.pad_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training pairs, shuffled with a generator seeded by ``seed``; the last batch may be partial."""
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation pairs in split order."""
+        return self._loader("validation", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test pairs in split order."""
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test pairs (their prompts are what generation uses), in split order."""
+        return self._loader("test", self.eval_batch_size, shuffle=False)

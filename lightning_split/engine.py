@@ -291,7 +291,7 @@ def plain_pair_logprobs(
             token_mask=token_mask_for(segments, positions),
             generated_value=generated_value_for(positions),
         ):
-            logits = model(input_ids=input_ids, attention_mask=attn).logits.float()
+            logits = model(input_ids=input_ids, attention_mask=attn, use_cache=False).logits.float()
         logp = torch.log_softmax(logits, -1)
         out = torch.zeros(ids.shape, dtype=logp.dtype, device=ids.device)
         for i in range(rows):

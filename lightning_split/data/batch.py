@@ -54,3 +54,10 @@ class PairBatch:
             neg_mask=self.pos_mask,
             index=self.index,
         )
+
+
+def repeat_batch(batch: PairBatch, times: int) -> PairBatch:
+    """Stacks ``times`` copies of ``batch`` (rows ``k·B .. (k+1)·B`` are copy ``k``)."""
+    if times == 1:
+        return batch
+    return PairBatch(**{f.name: torch.cat([getattr(batch, f.name)] * times) for f in fields(batch)})

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache, DynamicCache
 
 from .base import HookCall, Intervention
 
@@ -30,17 +31,26 @@ class FullBlockIntervention(Intervention):
         self.block = copy.deepcopy(block).float()
         self.block.requires_grad_(True)
         self.block.train(False)
+        self._cache: Cache | None = None
 
     def delta(self, x: torch.Tensor, call: HookCall) -> torch.Tensor:
-        kwargs = {k: _to_float(v) for k, v in call.kwargs.items()}
-        args = (x, *(_to_float(a) for a in call.args[1:]))
+        def prepare(value: Any) -> Any:
+            if isinstance(value, Cache):
+                return self._private_cache(value, x.shape[1])
+            return _to_float(value)
+
+        kwargs = {k: prepare(v) for k, v in call.kwargs.items()}
+        args = (x, *(prepare(a) for a in call.args[1:]))
         out = self.block(*args, **kwargs)
         out = out[0] if isinstance(out, tuple) else out
         base = call.output[0] if isinstance(call.output, tuple) else call.output
         return out - base.to(out.dtype)
 
-    def config(self) -> dict[str, Any]:
-        return super().config()
+    def _private_cache(self, shared: Cache, new_tokens: int) -> Cache:
+        """The copy keeps its own keys and values during cached decoding; a new sequence starts a new cache."""
+        if self._cache is None or shared.get_seq_length(self.layer) == new_tokens:
+            self._cache = DynamicCache()
+        return self._cache
 
 
 def _to_float(value: Any) -> Any:

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
 
 from .base import HookCall, Intervention
 
@@ -29,12 +28,22 @@ class ReFTIntervention(Intervention):
         super().__init__(layer)
         self.hidden_size = int(hidden_size)
         self.rank = int(rank)
-        rotate = nn.Linear(hidden_size, rank, bias=False)
-        self.rotate = parametrizations.orthogonal(rotate)
+        raw = torch.empty(rank, hidden_size)
+        nn.init.orthogonal_(raw)
+        self.rotate_raw = nn.Parameter(raw)
         self.learned_source = nn.Linear(hidden_size, rank)
 
+    @property
+    def rotation(self) -> torch.Tensor:
+        """``R`` (``r × d``) with orthonormal rows: the Q factor of the unconstrained ``rotate_raw``.
+
+        Any value of ``rotate_raw`` (a checkpoint, an optimiser step) maps to a valid ``R``.
+        """
+        q, r = torch.linalg.qr(self.rotate_raw.T)
+        return (q * torch.sign(torch.diagonal(r)).unsqueeze(0)).T
+
     def delta(self, x: torch.Tensor, call: HookCall) -> torch.Tensor:
-        r = self.rotate.weight
+        r = self.rotation
         return (self.learned_source(x) - x @ r.T) @ r
 
     def config(self) -> dict[str, Any]:

@@ -1,3 +1,21 @@
-"""lightning_split: train and evaluate LLM steering controls with PyTorch Lightning."""
+"""lightning_split: train and evaluate LLM steering controls with PyTorch Lightning.
+
+Every control is a dynamic weight update ``Δh = m·(ΔW h + Δb)`` (:mod:`lightning_split.interventions`,
+installed by :func:`lightning_split.steering.steer`), trained by an objective
+(:mod:`lightning_split.objectives`) inside one LightningModule family (:mod:`lightning_split.models`), and
+measured with preference and utility log-odds (:mod:`lightning_split.metrics`).
+"""
+
+from .models import DiffMeanSteering, DPOSteering, RePSSteering, SFTSteering, SplitSteering, SteeringModule
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DPOSteering",
+    "DiffMeanSteering",
+    "RePSSteering",
+    "SFTSteering",
+    "SplitSteering",
+    "SteeringModule",
+    "__version__",
+]

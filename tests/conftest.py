@@ -66,3 +66,22 @@ def sentiment_like_jsonl(tmp_path: Path) -> Path:
     path = tmp_path / "sentiment.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory, smollm2_tokenizer):
+    """A folder holding a tiny random Llama with the real SmolLM2 tokenizer (loads like any local model)."""
+    from tests.tiny_models import make_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = make_tiny_model(
+        "llama",
+        vocab_size=len(smollm2_tokenizer),
+        pad_token_id=smollm2_tokenizer.pad_token_id,
+        bos_token_id=smollm2_tokenizer.bos_token_id,
+        eos_token_id=smollm2_tokenizer.eos_token_id,
+        max_position_embeddings=512,
+    )
+    model.save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path

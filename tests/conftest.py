@@ -85,3 +85,47 @@ def tiny_backbone_dir(tmp_path_factory, smollm2_tokenizer):
     model.save_pretrained(path)
     smollm2_tokenizer.save_pretrained(path)
     return path
+
+
+# --- backbone fixtures (lightning_split.backbone / lightning_split.layout) ------------------------------
+
+#: Converted real models shared by test sessions (gitignored; delete it to force a fresh conversion).
+TEST_MODEL_CACHE = REPO_ROOT / ".cache" / "test-models"
+
+
+@pytest.fixture
+def tiny_model():
+    """Factory ``tiny_model(arch, **overrides)`` of seeded tiny random causal LMs (``tests/tiny_models.py``).
+
+    ``arch`` is one of ``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``gemma2``, ``gemma3``, ``gpt2``.
+    """
+    from tests.tiny_models import make_tiny_model
+
+    return make_tiny_model
+
+
+def _converted_registered_model(name: str) -> Path:
+    """Convert (once, cached under TEST_MODEL_CACHE) a registered GGUF model; skip if not installed."""
+    from lightning_split.backbone import ModelPackageMissingError, convert_gguf, resolve_registered_model
+
+    try:
+        gguf = resolve_registered_model(name)
+    except ModelPackageMissingError as err:
+        pytest.skip(str(err))
+    return convert_gguf(gguf, TEST_MODEL_CACHE, name=name)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """Folder of the converted SmolLM2-135M-Instruct (fp32 safetensors, config, fixed tokenizer).
+
+    Load it with ``load_backbone(str(smollm2_dir))`` or ``from_pretrained``. The first session converts the
+    GGUF (about 5 s); later sessions reuse ``<repo>/.cache/test-models``.
+    """
+    return _converted_registered_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m_dir() -> Path:
+    """Folder of the converted Gemma-3-270M base model (first conversion about 40 s: the tokenizer)."""
+    return _converted_registered_model("gemma3-270m")

@@ -1,0 +1,184 @@
+"""Writes the shipped YAML configs (``configs/``) from one table of settings.
+
+Every form × objective on SmolLM2-135M-Instruct for the embedded sentiment pairs, Psychopathy and
+PowerSeeking, starting from the authors' released settings (``../shared/docs/paper-notes.md`` §4, the
+Gemma-2-9B rows) scaled to the model: the middle block (15 of 30) instead of 20 of 42, and the multiplier
+grid {0.2, …, 2.0} for every form (for the vector form only ``m·v`` matters, so this is the released
+{2, …, 20} grid with a ten times longer vector, and ``m = 1`` sits inside it).
+
+Run ``python scripts/make_configs.py`` after changing the table; ``tests/test_configs.py`` checks that the
+committed files are what this script writes and that every one of them parses and builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+MODEL = "smollm2-135m-instruct"
+LAYER = 15
+DATASETS = ("sentiment", "psychopathy", "power-seeking")
+OBJECTIVES = {
+    "split": "lightning_split.SplitSteering",
+    "sft": "lightning_split.SFTSteering",
+    "reps": "lightning_split.RePSSteering",
+    "dpo": "lightning_split.DPOSteering",
+}
+FORMS = ("vector", "lora", "local_weight", "reft", "full")
+
+# Optimiser settings per form (released: vectors lr 0.08, bs 4 × GA 1; LoRA / local weight lr 0.01, 4 × 2).
+FORM_SETTINGS = {
+    "vector": {"lr": 0.08, "batch_size": 4, "accumulate": 1},
+    "lora": {"lr": 0.01, "batch_size": 4, "accumulate": 2, "rank": 4},
+    "local_weight": {"lr": 0.01, "batch_size": 4, "accumulate": 2},
+    "reft": {"lr": 0.01, "batch_size": 4, "accumulate": 2, "rank": 4},
+    "full": {"lr": 1.0e-4, "batch_size": 4, "accumulate": 2},
+}
+
+# SPLIT coefficients (λ_n, γ, θ, bidirectional) per dataset and form, from the released Gemma-2 configs;
+# the embedded sentiment pairs are free-form like AxBench and take the AxBench rows. ReFT and full
+# fine-tuning were not released; they take the LoRA row.
+SPLIT_SETTINGS = {
+    "psychopathy": {
+        "vector": (0.5, 8.0, 0.3, True),
+        "lora": (0.5, 5.0, 0.4, True),
+        "local_weight": (0.5, 5.0, 0.4, False),
+    },
+    "power-seeking": {
+        "vector": (0.5, 5.0, 0.5, False),
+        "lora": (0.5, 5.0, 0.4, False),
+        "local_weight": (0.5, 5.0, 0.4, False),
+    },
+    "sentiment": {
+        "vector": (0.6, 4.0, 0.5, False),
+        "lora": (0.5, 5.0, 0.45, False),
+        "local_weight": (0.3, 3.5, 0.6, False),
+    },
+}
+EPOCHS = {"sentiment": 2, "psychopathy": 2, "power-seeking": 2}
+SWEEP = [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
+
+
+def trainer_section(run: str, accumulate: int, epochs: int, sweep_pairs: int | None) -> dict:
+    """The trainer block: offline W&B, last-checkpoint saving, the trade-off curve callback."""
+    return {
+        "accelerator": "auto",
+        "devices": 1,
+        "max_epochs": epochs,
+        "gradient_clip_val": 1.0,
+        "accumulate_grad_batches": accumulate,
+        "log_every_n_steps": 5,
+        "default_root_dir": f"runs/{run}",
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "init_args": {
+                "project": "lightning_split",
+                "name": run.replace("/", "-"),
+                "save_dir": f"runs/{run}",
+                "offline": True,
+            },
+        },
+        "callbacks": [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"save_last": True, "every_n_train_steps": 20},
+            },
+            {
+                "class_path": "lightning_split.callbacks.TradeoffCurveCallback",
+                "init_args": {"multipliers": SWEEP, "every_n_val_epochs": 1, "max_pairs": sweep_pairs},
+            },
+        ],
+    }
+
+
+def method_config(dataset: str, objective: str, form: str) -> dict:
+    """One shipped config."""
+    fs = FORM_SETTINGS[form]
+    init: dict = {"backbone": MODEL, "form": form, "layer": LAYER, "lr": fs["lr"]}
+    if "rank" in fs:
+        init["rank"] = fs["rank"]
+    if objective == "split":
+        lambda_n, gamma, theta, bidirectional = SPLIT_SETTINGS[dataset].get(form, SPLIT_SETTINGS[dataset]["lora"])
+        init.update(lambda_p=1.0, lambda_n=lambda_n, gamma=gamma, theta=theta, bidirectional=bidirectional)
+    run = f"smollm2/{dataset}/{objective}-{form}"
+    return {
+        "seed_everything": 42,
+        "trainer": trainer_section(run, fs["accumulate"], EPOCHS[dataset], 40),
+        "model": {"class_path": OBJECTIVES[objective], "init_args": init},
+        "data": {"dataset": dataset, "batch_size": fs["batch_size"]},
+    }
+
+
+def diffmean_config(dataset: str) -> dict:
+    """DiffMean: one pass over the training pairs fits the vector, no optimiser."""
+    run = f"smollm2/{dataset}/diffmean-vector"
+    trainer = trainer_section(run, 1, 1, 40)
+    trainer.pop("gradient_clip_val")
+    return {
+        "seed_everything": 42,
+        "trainer": trainer,
+        "model": {
+            "class_path": "lightning_split.DiffMeanSteering",
+            "init_args": {"backbone": MODEL, "form": "vector", "layer": LAYER},
+        },
+        "data": {"dataset": dataset, "batch_size": 8},
+    }
+
+
+def demo_config() -> dict:
+    """The README's main command: SPLIT vector on the embedded pairs, sized for a 2-core CPU (< 10 min)."""
+    config = method_config("sentiment", "split", "vector")
+    run = "demo"
+    config["trainer"] = trainer_section(run, 1, 1, None)
+    config["trainer"]["num_sanity_val_steps"] = 0
+    config["trainer"]["limit_val_batches"] = 0
+    config["trainer"]["callbacks"][1]["init_args"]["multipliers"] = [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+    config["model"]["init_args"]["bidirectional"] = False
+    config["data"].update(train_size=96, test_size=40, batch_size=8)
+    config["test_after_fit"] = True
+    return config
+
+
+HEADER = """\
+# {title}
+# Generated by scripts/make_configs.py from the released settings scaled to SmolLM2-135M-Instruct
+# (layer 15 of 30, multiplier grid 0.2..2.0); edit the table there and re-run it.
+# Run: lightning-split fit --config {path}
+# W&B logs offline (no account needed); `wandb sync runs/.../wandb/offline-run-*` uploads later, or set
+# trainer.logger.init_args.offline=false to log online.
+"""
+
+
+def all_configs() -> dict[str, tuple[str, dict]]:
+    """Every shipped config by relative path, with its title."""
+    out: dict[str, tuple[str, dict]] = {}
+    for dataset in DATASETS:
+        for objective in OBJECTIVES:
+            for form in FORMS:
+                path = f"smollm2/{dataset}/{objective}-{form}.yaml"
+                out[path] = (f"{objective.upper()} · {form} · {dataset}", method_config(dataset, objective, form))
+        out[f"smollm2/{dataset}/diffmean-vector.yaml"] = (f"DiffMean · vector · {dataset}", diffmean_config(dataset))
+    out["demo.yaml"] = ("Main command: SPLIT · vector · embedded sentiment pairs (CPU-sized)", demo_config())
+    return out
+
+
+def render(path: str, title: str, config: dict) -> str:
+    """The text of one config file."""
+    return HEADER.format(title=title, path=f"configs/{path}") + yaml.safe_dump(config, sort_keys=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "configs"))
+    args = parser.parse_args()
+    for path, (title, config) in all_configs().items():
+        target = Path(args.out) / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render(path, title, config))
+    print(f"wrote {len(all_configs())} configs to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

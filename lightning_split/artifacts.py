@@ -102,12 +102,28 @@ class SteeredModel:
         """Steered positions the control was trained with."""
         return self.metadata.get("positions", "all")
 
-    def logits(self, input_ids: torch.Tensor, multiplier: float, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of ``input_ids`` with the control at ``multiplier`` on every position."""
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        multiplier: float,
+        attention_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of ``input_ids`` with the control at ``multiplier``.
+
+        Args:
+            input_ids: ``[B, T]`` tokens.
+            multiplier: ``m`` for every row.
+            attention_mask: optional padding mask.
+            token_mask: ``[B, T]`` steered positions; required when the control was trained on only the
+                prompt or only the completion (``self.positions``), ``None`` steers every position.
+        """
         from .steering import steer
 
+        if token_mask is None and self.positions != "all":
+            raise ValueError(f"this control steers only {self.positions} tokens: pass token_mask")
         m = torch.full((input_ids.shape[0],), float(multiplier))
-        with torch.no_grad(), steer(self.layout, self.control, m):
+        with torch.no_grad(), steer(self.layout, self.control, m, token_mask=token_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 

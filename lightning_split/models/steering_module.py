@@ -11,6 +11,7 @@ only choose the objective and its settings, so a config reads ``class_path: ligh
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from ..engine import PairLogProbs, PairScorer
 from ..interventions import FORMS, build_control
 from ..layout import ModelLayout, discover_layout, middle_layer
 from ..metrics import PairAccuracy, PreferenceLogOdds, UtilityLogOdds
-from ..objectives.base import ADD, Objective
+from ..objectives.base import Objective
 from ..steering import POSITIONS, Positions, generated_value_for, steer
 from .pair_cache import LowerStateCache, ReferenceCache
 
@@ -186,21 +187,25 @@ class SteeringModule(L.LightningModule):
     def draw_multipliers(self, index: torch.Tensor, pass_number: int) -> torch.Tensor:
         """Draws ``m`` for each pair from the grid, determined by (seed, epoch, pair, pass) alone.
 
-        The draw does not depend on batch composition, rank or RNG state, so DDP runs, single-process
-        runs and resumed runs train on the same multipliers.
+        The seed is the one given to ``seed_everything`` (``PL_GLOBAL_SEED``). The draw does not depend on
+        batch composition, rank or RNG state, so DDP runs, single-process runs and resumed runs train on
+        the same multipliers.
         """
         grid = self.multipliers
-        seed = int(torch.initial_seed()) % (2**31) if self._draw_seed is None else self._draw_seed
+        seed = os.environ.get("PL_GLOBAL_SEED", "0")
         picks = []
         for i in index.tolist():
             key = f"{seed}:{self.current_epoch}:{i}:{pass_number}".encode()
             picks.append(grid[int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % len(grid)])
         return torch.tensor(picks, dtype=torch.float32, device=self.device)
 
-    _draw_seed: int | None = 0
-
     def score(
-        self, split: str, batch: PairBatch, multiplier: torch.Tensor, copies: int = 1, ablate: torch.Tensor | None = None
+        self,
+        split: str,
+        batch: PairBatch,
+        multiplier: torch.Tensor,
+        copies: int = 1,
+        ablate: torch.Tensor | None = None,
     ) -> PairLogProbs:
         """Scores ``copies`` stacked copies of ``batch`` at per-row ``multiplier`` with the control on."""
         assert self.scorer is not None and self.control is not None
@@ -313,7 +318,8 @@ class SteeringModule(L.LightningModule):
         rows = []
         for m in self.hparams.predict_multipliers or [0.0, float(self.hparams.eval_multiplier)]:
             for i, text in enumerate(self.generate(batch, m)):
-                rows.append({"index": int(batch.index[i]), "multiplier": float(m), "prompt": prompts[i], "completion": text})
+                row = {"index": int(batch.index[i]), "multiplier": float(m), "prompt": prompts[i], "completion": text}
+                rows.append(row)
         return rows
 
     # ----------------------------------------------------------------- checkpoints and artefacts

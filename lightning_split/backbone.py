@@ -377,9 +377,7 @@ def convert_gguf(
     start = time.perf_counter()
     try:
         with _fast_gguf_parsing():
-            model = AutoModelForCausalLM.from_pretrained(
-                str(source.parent), gguf_file=source.name, dtype=torch.float32
-            )
+            model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     except (OSError, ValueError, NotImplementedError, KeyError) as err:
         raise BackboneLoadError(f"transformers could not convert {source}: {err}") from err
@@ -422,6 +420,28 @@ def convert_gguf(
     return target
 
 
+class _OnceFilter(logging.Filter):
+    """Lets a log message starting with ``prefix`` through once, then drops its repeats."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+def _quiet_int8_cast_warning() -> None:
+    """bitsandbytes logs "inputs will be cast ... to float16" on every int8 matmul; keep only the first."""
+    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _OnceFilter) for f in bnb_logger.filters):
+        bnb_logger.addFilter(_OnceFilter("MatMul8bitLt: inputs will be cast"))
+
+
 def _quantization_config(quantization: str | None, dtype: torch.dtype | str) -> BitsAndBytesConfig | None:
     """The bitsandbytes config of a quantization option (compute dtype = ``dtype``, fp32 for "auto")."""
     if quantization is None:
@@ -435,6 +455,7 @@ def _quantization_config(quantization: str | None, dtype: torch.dtype | str) -> 
             bnb_4bit_compute_dtype=compute,
         )
     if quantization == "int8":
+        _quiet_int8_cast_warning()
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
 

@@ -96,8 +96,7 @@ class ModelLayout:
         """
         if not 0 <= layer < self.num_layers:
             raise IndexError(
-                f"layer {layer} out of range: the model has {self.num_layers} blocks "
-                f"(0..{self.num_layers - 1})"
+                f"layer {layer} out of range: the model has {self.num_layers} blocks (0..{self.num_layers - 1})"
             )
         return self.blocks[layer]
 
@@ -176,9 +175,7 @@ def discover_layout(
     """
     model = _unwrap(model)
     config = getattr(model, "config", None)
-    text_config = (
-        config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
-    )
+    text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
     model_type = getattr(text_config, "model_type", None)
     spec = KNOWN_ARCHITECTURES.get(model_type or "")
 

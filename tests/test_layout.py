@@ -56,9 +56,7 @@ def test_discovery_finds_the_modules(arch: str) -> None:
         down = layout.down_proj(layer)
         assert down is layout.blocks[layer].get_submodule(down_path)
         # the down-projection maps intermediate -> hidden (GPT-2's Conv1D stores the weight [in, out])
-        expected_shape = (
-            (intermediate, TINY_HIDDEN) if layout.down_proj_conv1d else (TINY_HIDDEN, intermediate)
-        )
+        expected_shape = (intermediate, TINY_HIDDEN) if layout.down_proj_conv1d else (TINY_HIDDEN, intermediate)
         assert tuple(down.weight.shape) == expected_shape
     assert layout.down_proj_conv1d is (arch == "gpt2")
 
@@ -83,10 +81,7 @@ def test_down_proj_sees_intermediate_and_writes_hidden(arch: str) -> None:
 def test_softcapping_read_from_config() -> None:
     assert discover_layout(make_tiny_model("gemma2")).final_logit_softcapping == 30.0
     assert discover_layout(make_tiny_model("gemma3")).final_logit_softcapping is None
-    assert (
-        discover_layout(make_tiny_model("gemma3", final_logit_softcapping=20.0)).final_logit_softcapping
-        == 20.0
-    )
+    assert discover_layout(make_tiny_model("gemma3", final_logit_softcapping=20.0)).final_logit_softcapping == 20.0
     assert discover_layout(make_tiny_model("llama")).final_logit_softcapping is None
 
 

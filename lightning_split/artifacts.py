@@ -81,7 +81,13 @@ def load_control(directory: str | Path, layout: ModelLayout) -> tuple[nn.ModuleL
     metadata = read_metadata(directory)
     control = nn.ModuleList(intervention_from_config(cfg, layout) for cfg in metadata["interventions"])
     tensors = load_file(str(Path(directory) / WEIGHTS_FILE))
-    missing, unexpected = control.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = control.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # shape mismatch, e.g. a full-block copy saved from another backbone
+        raise ValueError(
+            f"{directory}: the saved {metadata.get('form')} control does not fit this backbone (trained on "
+            f"{metadata.get('backbone')!r}); load it with the backbone it was trained on. {err}"
+        ) from err
     if missing or unexpected:
         raise ValueError(f"{directory}: tensors do not match the control (missing {missing}, unexpected {unexpected})")
     return control, metadata

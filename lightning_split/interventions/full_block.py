@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from .base import HookCall, Intervention
 
@@ -50,6 +50,13 @@ class FullBlockIntervention(Intervention):
         """The copy keeps its own keys and values during cached decoding; a new sequence starts a new cache."""
         if self._cache is None or shared.get_seq_length(self.layer) == new_tokens:
             self._cache = DynamicCache()
+            layers = getattr(shared, "layers", [])
+            if len(layers) > self.layer and getattr(layers[self.layer], "is_sliding", False):
+                # a sliding-window block (Gemma-2/3) gets a mask sized for the shared sliding cache: keep the
+                # same window in the private cache, or decoding past the window fails on a shape mismatch
+                window = layers[self.layer].sliding_window
+                self._cache.layers = [DynamicLayer() for _ in range(self.layer)]
+                self._cache.layers.append(DynamicSlidingWindowLayer(sliding_window=window))
         return self._cache
 
 

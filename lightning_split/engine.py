@@ -243,7 +243,18 @@ class PairScorer:
             lower: precomputed :meth:`lower_states` of ``batch`` packed (computed here if needed).
             ablate: ``[B]`` rows that get the projection-out update (RePS vector "sub" pairs).
         """
-        packed = self.pack(batch)
+        return self.score_packed(self.pack(batch), interventions, multiplier, positions, lower, ablate)
+
+    def score_packed(
+        self,
+        packed: PackedPairs,
+        interventions: Sequence[Intervention] = (),
+        multiplier: torch.Tensor | float = 0.0,
+        positions: Positions = "all",
+        lower: torch.Tensor | None = None,
+        ablate: torch.Tensor | None = None,
+    ) -> PairLogProbs:
+        """:meth:`score` for pairs that are already packed."""
         start = self.start_layer(interventions)
         if start > 0 and lower is None:
             lower = self.lower_states(packed, start)
@@ -257,6 +268,27 @@ class PairScorer:
         ):
             hidden = self.hidden(packed, lower if start > 0 else None, start)
         return completion_log_probs(self.layout, hidden, packed)
+
+    @torch.no_grad()
+    def block_outputs(self, packed: PackedPairs, layer: int) -> torch.Tensor:
+        """Returns the residual stream after block ``layer`` (unsteered) for every packed position."""
+
+        def stop(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+            raise _StopForward(output[0] if isinstance(output, tuple) else output)
+
+        handle = self.layout.blocks[layer].register_forward_hook(stop)
+        try:
+            self.layout.decoder(
+                input_ids=packed.input_ids,
+                attention_mask=attention_mask_for(self.model, packed),
+                position_ids=packed.position_ids,
+                use_cache=False,
+            )
+        except _StopForward as done:
+            return done.hidden
+        finally:
+            handle.remove()
+        raise RuntimeError(f"block {layer} was never reached by the decoder forward")
 
 
 def plain_pair_logprobs(

@@ -2,8 +2,8 @@
 
 :func:`steer` registers one forward hook per intervention at its site and removes every hook when the
 context exits, also when the body raises. The multiplier ``m`` is a tensor of shape ``[batch]`` (one per
-example) and ``token_mask`` chooses the positions that are steered; both are read at call time, so the same
-installed context serves any number of forward passes.
+example) and ``token_mask`` chooses the steered positions of the first pass; later passes inside the same
+context are incremental decoding steps and take ``generated_value`` (a hook on the decoder counts passes).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ class SteeringState:
 
     Attributes:
         multiplier: ``[batch]`` float tensor, the ``m`` of each example.
-        token_mask: ``[batch, T]`` 0/1 float tensor of steered positions for a full-sequence pass, or
-            ``None`` to steer every position.
-        generated_value: mask value for tokens beyond ``token_mask`` (incremental decoding steps).
+        token_mask: ``[batch, T]`` 0/1 float tensor of steered positions for the first (full-sequence)
+            pass, or ``None`` to steer every position.
+        generated_value: mask value for the tokens of later passes (incremental decoding steps).
         ablate: optional ``[batch]`` bool tensor; those rows get the intervention's projection-out update
             instead of ``m·Δ`` (RePS "sub" pairs for the vector form).
     """
@@ -42,6 +42,9 @@ class SteeringState:
     token_mask: torch.Tensor | None = None
     generated_value: float = 1.0
     ablate: torch.Tensor | None = None
+    passes: int = 0
+    """Decoder passes finished inside the context: the first sees the full sequence, later ones are
+    incremental decoding steps with a KV cache."""
 
     def is_identity(self) -> bool:
         """True when no example is changed (every ``m`` is 0 and nothing is ablated)."""
@@ -53,9 +56,13 @@ class SteeringState:
         batch, length = h.shape[0], h.shape[1]
         if self.token_mask is None:
             return h.new_ones(batch, length, 1, dtype=torch.float32)
-        if self.token_mask.shape[1] == length:
-            return self.token_mask.to(device=h.device, dtype=torch.float32).unsqueeze(-1)
-        return h.new_full((batch, length, 1), float(self.generated_value), dtype=torch.float32)
+        if self.passes > 0:
+            return h.new_full((batch, length, 1), float(self.generated_value), dtype=torch.float32)
+        if self.token_mask.shape[1] != length:
+            raise ValueError(
+                f"token_mask covers {self.token_mask.shape[1]} positions but the first pass has {length}"
+            )
+        return self.token_mask.to(device=h.device, dtype=torch.float32).unsqueeze(-1)
 
     def rows(self, batch: int, device: torch.device) -> torch.Tensor:
         """Returns ``m`` as a ``[batch, 1, 1]`` float32 tensor, broadcasting a single value."""
@@ -117,6 +124,13 @@ def _make_hook(intervention: Intervention, state: SteeringState):
     return hook
 
 
+def _count_pass(state: SteeringState):
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        state.passes += 1
+
+    return hook
+
+
 @contextmanager
 def steer(
     layout: ModelLayout,
@@ -133,7 +147,7 @@ def steer(
         interventions: the control's interventions.
         multiplier: ``m`` per example (``[batch]``) or one float for all.
         token_mask: ``[batch, T]`` steered positions of the full-sequence pass (``None``: all).
-        generated_value: mask value for positions past ``token_mask`` (incremental decoding).
+        generated_value: mask value for every pass after the first (incremental decoding steps).
         ablate: ``[batch]`` rows that get the projection-out update instead.
 
     Yields:
@@ -146,7 +160,7 @@ def steer(
     if not torch.is_tensor(multiplier):
         multiplier = torch.tensor([float(multiplier)])
     state = SteeringState(multiplier, token_mask, generated_value, ablate)
-    handles = []
+    handles = [layout.decoder.register_forward_hook(_count_pass(state))]
     try:
         for intervention in interventions:
             module = _hooked_module(layout, intervention)

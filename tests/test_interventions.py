@@ -190,7 +190,7 @@ def test_hooks_removed_on_exit_and_on_exception() -> None:
     before = _forward_hook_count(model)
     assert before == 0
     with steer(layout, control, 1.0):
-        assert _forward_hook_count(model) == 2
+        assert _forward_hook_count(model) == 3  # one per intervention + the decoder pass counter
         assert not torch.equal(_logits(model, ids), base)
     assert _forward_hook_count(model) == 0 and torch.equal(_logits(model, ids), base)
 

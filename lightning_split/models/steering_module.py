@@ -27,6 +27,8 @@ from ..interventions import FORMS, build_control
 from ..layout import ModelLayout, discover_layout, middle_layer
 from ..metrics import PairAccuracy, PreferenceLogOdds, UtilityLogOdds
 from ..objectives.base import Objective
+from ..placement import backbone_device_map, backbone_dtype, check_precision_plugin
+from ..quantization import prepare_for_kbit_training
 from ..steering import POSITIONS, Positions, generated_value_for, steer
 from .pair_cache import LowerStateCache, ReferenceCache
 
@@ -34,6 +36,7 @@ DEFAULT_MULTIPLIERS: tuple[float, ...] = tuple(round(0.2 * k, 1) for k in range(
 """Training grid ``{0.2, 0.4, …, 2.0}`` (the released LoRA/local-weight grid; see ``multipliers``)."""
 
 CHECKPOINT_KEY = "lightning_split"
+GENERATION_ARGS = ("predict_multipliers", "max_new_tokens", "do_sample", "temperature")
 
 
 class SteeringModule(L.LightningModule):
@@ -57,8 +60,13 @@ class SteeringModule(L.LightningModule):
             log-odds metrics.
         lr: AdamW learning rate (linear decay to 0 over the run, no warm-up).
         weight_decay: AdamW weight decay.
-        dtype: backbone dtype (``float32``, ``bfloat16``, ``float16``, ``auto``).
-        quantization: bitsandbytes backbone: ``None``, ``nf4``, ``nf4-dq``, ``int8``.
+        dtype: backbone dtype (``float32``, ``bfloat16``, ``float16``, ``auto``); ``trainer.precision``
+            ``bf16-true``/``bf16-mixed`` turn ``float32`` into ``bfloat16`` (see
+            :func:`~lightning_split.placement.backbone_dtype`). Also the bitsandbytes compute dtype.
+        quantization: bitsandbytes backbone: ``None``, ``nf4``, ``nf4-dq`` (double quantization), ``int8``.
+            The control is never quantized and stays float32.
+        prepare_kbit: run peft's ``prepare_model_for_kbit_training`` on a quantized backbone (norms and
+            embeddings upcast to float32, the QLoRA recipe); ``None``: for the ``lora`` form only.
         attn_implementation: ``sdpa`` or ``eager``.
         reuse_lower_layers: compute the frozen blocks below the control once per pair and reuse them
             across epochs (exact; only for architectures where it is, see ``ModelLayout``).
@@ -90,6 +98,7 @@ class SteeringModule(L.LightningModule):
         weight_decay: float = 0.0,
         dtype: str = "float32",
         quantization: str | None = None,
+        prepare_kbit: bool | None = None,
         attn_implementation: str = "sdpa",
         reuse_lower_layers: bool = True,
         blocks_path: str | None = None,
@@ -105,14 +114,22 @@ class SteeringModule(L.LightningModule):
             raise ValueError(f"form={form!r} is not a control form; choose one of {FORMS}")
         if positions not in POSITIONS:
             raise ValueError(f"positions={positions!r}; choose one of {POSITIONS}")
-        self.save_hyperparameters()
+        # Generation settings are not part of what the control is; keeping them out of the checkpoint's
+        # hyper-parameters lets `predict --ckpt_path ...` take them from the command line.
+        self.save_hyperparameters(ignore=list(GENERATION_ARGS))
+        self.generation = {
+            "predict_multipliers": predict_multipliers,
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "temperature": temperature,
+        }
         self.form = form
         self.positions: Positions = positions
         self.multipliers = [float(m) for m in (multipliers or DEFAULT_MULTIPLIERS)]
         if not self.multipliers or any(m <= 0 for m in self.multipliers):
             raise ValueError(f"multipliers must be positive (the sign comes from the pass): {self.multipliers}")
         self.strict_loading = False
-        self.backbone: nn.Module | None = None
+        self.__dict__["_frozen_backbone"] = None  # deliberately not a submodule: see `backbone`
         self.tokenizer: Any = None
         self.layout: ModelLayout | None = None
         self.control: nn.ModuleList | None = None
@@ -139,29 +156,50 @@ class SteeringModule(L.LightningModule):
         """The objective of this method (subclasses override)."""
         return None
 
+    @property
+    def backbone(self) -> nn.Module | None:
+        """The frozen base model, kept out of the module tree on purpose.
+
+        Lightning therefore never moves it (``.to(device)`` is refused for 8-bit models), never casts it (the
+        ``*-true`` precision plugins call ``module.to(dtype)``), DDP neither wraps nor broadcasts it, and it is
+        never in a checkpoint. :meth:`configure_model` loads it straight onto this process's device in the dtype
+        the trainer's precision implies (:mod:`lightning_split.placement`).
+        """
+        return self.__dict__.get("_frozen_backbone")
+
     def configure_model(self) -> None:
         """Loads the frozen backbone and builds the control (once; Lightning calls it before fit/test)."""
         if self.backbone is not None:
             return
         hp = self.hparams
+        trainer = self._trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         model, tokenizer = load_backbone(
             hp.backbone,
-            dtype=hp.dtype,
+            dtype=backbone_dtype(hp.dtype, trainer.precision if trainer is not None else None),
             quantization=hp.quantization,
             cache_dir=hp.cache_dir,
+            device_map=backbone_device_map(device, quantized=hp.quantization is not None),
             attn_implementation=hp.attn_implementation,
         )
+        prepare = hp.get("prepare_kbit")
+        if hp.quantization and (self.form == "lora" if prepare is None else prepare):
+            model = prepare_for_kbit_training(model)
         model.requires_grad_(False).eval()
-        self.backbone, self.tokenizer = model, tokenizer
+        self.__dict__["_frozen_backbone"] = model
+        self.tokenizer = tokenizer
         self.layout = discover_layout(model, blocks_path=hp.blocks_path, down_proj_path=hp.down_proj_path)
-        self.control = build_control(
+        control = build_control(
             self.form, self.layout, self.control_layers, rank=hp.rank, alpha=hp.lora_alpha, init_std=hp.init_std
         )
+        self.control = control.to(device=device, dtype=torch.float32)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.scorer = PairScorer(model, self.layout, pad_id=pad_id, reuse_lower=hp.reuse_lower_layers)
 
     def setup(self, stage: str) -> None:
         """Loads the backbone early and hands its tokenizer to the data module."""
+        if self._trainer is not None:
+            check_precision_plugin(self.trainer, self.hparams.quantization)
         self.configure_model()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer"):
@@ -175,6 +213,18 @@ class SteeringModule(L.LightningModule):
             return [int(x) for x in hp.layers]
         assert self.layout is not None
         return [hp.layer if hp.layer is not None else middle_layer(self.layout)]
+
+    def to(self, *args: Any, **kwargs: Any) -> SteeringModule:
+        """Moves the control and metrics to a device; a dtype given here is ignored.
+
+        The control stays float32 (it is cast to the hidden states' dtype at the point of use) and the metrics
+        float64, whatever precision plugin converts the module (``bf16-true`` calls ``module.to(bfloat16)``);
+        the backbone's dtype comes from ``dtype``/``trainer.precision`` when it is loaded.
+        """
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is None:
+            return super().to(*args, **kwargs)
+        return super().to(device=device, non_blocking=non_blocking) if device is not None else self
 
     def train(self, mode: bool = True) -> SteeringModule:
         """Switches the control's mode; the frozen backbone always stays in eval mode (no dropout)."""
@@ -292,7 +342,8 @@ class SteeringModule(L.LightningModule):
             token_mask = attn.float()
         elif self.positions == "completion":
             token_mask = torch.zeros_like(attn, dtype=torch.float32)
-        sampling = {"do_sample": True, "temperature": self.hparams.temperature} if self.hparams.do_sample else {}
+        gen = self.generation
+        sampling = {"do_sample": True, "temperature": gen["temperature"]} if gen["do_sample"] else {}
         with torch.no_grad(), steer(
             self.layout,
             self.control,
@@ -303,9 +354,9 @@ class SteeringModule(L.LightningModule):
             out = self.backbone.generate(
                 input_ids=ids,
                 attention_mask=attn,
-                max_new_tokens=self.hparams.max_new_tokens,
+                max_new_tokens=gen["max_new_tokens"],
                 pad_token_id=pad,
-                do_sample=bool(self.hparams.do_sample),
+                do_sample=bool(gen["do_sample"]),
                 **sampling,
             )
         return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
@@ -316,7 +367,7 @@ class SteeringModule(L.LightningModule):
             for i, n in enumerate(batch.prompt_mask.sum(1).tolist())
         ]
         rows = []
-        for m in self.hparams.predict_multipliers or [0.0, float(self.hparams.eval_multiplier)]:
+        for m in self.generation["predict_multipliers"] or [0.0, float(self.hparams.eval_multiplier)]:
             for i, text in enumerate(self.generate(batch, m)):
                 row = {"index": int(batch.index[i]), "multiplier": float(m), "prompt": prompts[i], "completion": text}
                 rows.append(row)
@@ -351,7 +402,8 @@ class SteeringModule(L.LightningModule):
 
     def on_fit_end(self) -> None:
         """Saves the trained control (safetensors + JSON) under the run directory (rank 0 only)."""
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
         if self.trainer.is_global_zero and self.control is not None:
-            root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            root = Path(log_dir or self.trainer.default_root_dir)
             path = save_control(root / CONTROL_DIRNAME, self.control, self.metadata())
             self.print(f"saved control to {path}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -192,11 +193,27 @@ class PairScorer:
         """Returns the input of block ``start`` for every packed position (no gradients)."""
         if start == 0:
             return self.layout.decoder.get_input_embeddings()(packed.input_ids)
+        return self._run_until(packed, start, "input")
 
-        def stop(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    @torch.no_grad()
+    def block_outputs(self, packed: PackedPairs, layer: int) -> torch.Tensor:
+        """Returns the residual stream after block ``layer`` (unsteered) for every packed position."""
+        return self._run_until(packed, layer, "output")
+
+    def _run_until(self, packed: PackedPairs, layer: int, where: Literal["input", "output"]) -> torch.Tensor:
+        """Runs the decoder up to block ``layer`` and returns that block's input or output, skipping the rest."""
+
+        def stop_before(module: nn.Module, args: tuple, kwargs: dict) -> None:
             raise _StopForward(args[0] if args else kwargs["hidden_states"])
 
-        handle = self.layout.blocks[start].register_forward_pre_hook(stop, with_kwargs=True)
+        def stop_after(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+            raise _StopForward(output[0] if isinstance(output, tuple) else output)
+
+        block = self.layout.blocks[layer]
+        if where == "input":
+            handle = block.register_forward_pre_hook(stop_before, with_kwargs=True)
+        else:
+            handle = block.register_forward_hook(stop_after)
         try:
             self.layout.decoder(
                 input_ids=packed.input_ids,
@@ -208,7 +225,7 @@ class PairScorer:
             return done.hidden
         finally:
             handle.remove()
-        raise RuntimeError(f"block {start} was never reached by the decoder forward")
+        raise RuntimeError(f"block {layer} was never reached by the decoder forward")
 
     def hidden(self, packed: PackedPairs, lower: torch.Tensor | None, start: int) -> torch.Tensor:
         """Runs the blocks from ``start`` (all blocks if ``lower`` is None); returns the final hidden states."""
@@ -268,28 +285,6 @@ class PairScorer:
         ):
             hidden = self.hidden(packed, lower if start > 0 else None, start)
         return completion_log_probs(self.layout, hidden, packed)
-
-    @torch.no_grad()
-    def block_outputs(self, packed: PackedPairs, layer: int) -> torch.Tensor:
-        """Returns the residual stream after block ``layer`` (unsteered) for every packed position."""
-
-        def stop(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
-            raise _StopForward(output[0] if isinstance(output, tuple) else output)
-
-        handle = self.layout.blocks[layer].register_forward_hook(stop)
-        try:
-            self.layout.decoder(
-                input_ids=packed.input_ids,
-                attention_mask=attention_mask_for(self.model, packed),
-                position_ids=packed.position_ids,
-                use_cache=False,
-            )
-        except _StopForward as done:
-            return done.hidden
-        finally:
-            handle.remove()
-        raise RuntimeError(f"block {layer} was never reached by the decoder forward")
-
 
 def plain_pair_logprobs(
     model: nn.Module,

@@ -15,6 +15,7 @@ from lightning_split.data.batch import PairBatch
 from lightning_split.data.pairs import BadRowError, PolarityPair
 from lightning_split.data.readers import read_pairs
 from lightning_split.data.registry import ResolvedDataset, resolve_dataset
+from lightning_split.data.samplers import ResumableDataLoader, ResumableDistributedSampler, eval_sampler
 from lightning_split.data.splits import SPLIT_NAMES, Splits, split_dataset
 from lightning_split.data.tokenize import PairTokenizer, TokenizedPair
 
@@ -334,30 +335,44 @@ class PolarityDataModule(L.LightningDataModule):
         }
 
     # ---- dataloaders -----------------------------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached trainer (``(1, 0)`` without one)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        """Training: the seeded, sharded, resumable loader; evaluation: split order, unrepeated shards under DDP."""
         dataset = PairDataset(self.tokenized(split))
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            collate_fn=PairCollator(self.pair_tokenizer.pad_id),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )
+        world, rank = self._world()
+        common: dict[str, Any] = {
+            "batch_size": batch_size,
+            "collate_fn": PairCollator(self.pair_tokenizer.pad_id),
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "drop_last": False,
+        }
+        if shuffle:
+            sampler = ResumableDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            return ResumableDataLoader(dataset, sampler=sampler, **common)
+        return DataLoader(dataset, sampler=eval_sampler(dataset, world, rank), **common)
 
     def train_dataloader(self) -> DataLoader:
-        """Training pairs, shuffled with a generator seeded by ``seed``; the last batch may be partial."""
+        """Training pairs in a permutation fixed by ``(seed, epoch)``; the last batch may be partial.
+
+        Under DDP each rank gets a disjoint interleaved shard (see
+        :class:`~lightning_split.data.samplers.ResumableDistributedSampler`), and the loader's position is saved
+        in checkpoints so a mid-epoch resume continues at the next unseen batch.
+        """
         return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation pairs in split order."""
+        """Validation pairs in split order (under DDP: unrepeated shards, so every pair is counted once)."""
         return self._loader("validation", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        """Test pairs in split order."""
+        """Test pairs in split order (under DDP: unrepeated shards, so every pair is counted once)."""
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:

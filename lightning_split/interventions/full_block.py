@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
+from ..quantization import dense_copy
 from .base import HookCall, Intervention
 
 
@@ -28,7 +28,7 @@ class FullBlockIntervention(Intervention):
 
     def __init__(self, layer: int, block: nn.Module) -> None:
         super().__init__(layer)
-        self.block = copy.deepcopy(block).float()
+        self.block = dense_copy(block)  # float32; bitsandbytes layers of a quantized backbone dequantized
         self.block.requires_grad_(True)
         self.block.train(False)
         self._cache: Cache | None = None

@@ -304,8 +304,18 @@ class SteeringModule(L.LightningModule):
         assert self.control is not None
         params = [p for p in self.control.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
+        total: list[int] = []
+
+        def linear_decay(step: int) -> float:
+            # The run length is read at the first step, not here: asking for it now would build the training
+            # loader before a resumed run's checkpoint is restored, and its saved position would be ignored.
+            if step == 0:
+                return 1.0
+            if not total:
+                total.append(max(int(self.trainer.estimated_stepping_batches), 1))
+            return max(0.0, 1.0 - step / total[0])
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------- evaluation

@@ -1,0 +1,348 @@
+"""The trade-off curve callback: a multiplier sweep on validation/test pairs, plotted, reported and logged.
+
+:class:`TradeoffCurveCallback` runs :func:`lightning_split.sweep.sweep_losses` over the pairs of the
+validation dataloader every N validation epochs (never during the sanity check) and over the test pairs at
+the end of testing. It writes the curve as PNG plots, CSV, JSON and ``report.md``
+(:func:`lightning_split.analysis.write_report`) into ``<output_dir>/val-epochNNN/`` or
+``<output_dir>/test/``, logs scalars to every logger and, for a ``WandbLogger``, W&B line and scatter
+charts, the PNGs and a ``wandb.Table`` of the curve.
+
+With DDP each rank sweeps the pairs of its own shard (the dataloader Lightning prepared, with its
+distributed sampler); the per-pair losses are gathered, duplicates added by the sampler's padding are
+dropped by pair index, and rank 0 alone builds the curve, writes and logs. The numbers therefore equal a
+one-process run over the same pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_split.analysis import COLUMNS, TradeoffCurve, best_multiplier, write_report
+from lightning_split.data.batch import PairBatch
+from lightning_split.sweep import DEFAULT_MAX_ROWS, SweepLosses, curve_from_losses, sweep_losses
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POINTS = 11
+"""Points of the default grid: ``-s, -0.8 s, …, 0, …, s`` with ``s`` the largest training multiplier."""
+
+Stage = Literal["val", "test"]
+
+
+def default_grid(training_multipliers: Sequence[float] | None, points: int = DEFAULT_POINTS) -> list[float]:
+    """A symmetric grid with 0 spanning the training grid: ``points`` values from ``-s`` to ``s``.
+
+    Args:
+        training_multipliers: the module's training grid (``s`` is its largest ``|m|``; 2.0 if empty).
+        points: an odd number of points (so that 0 is on the grid).
+    """
+    if points < 3 or points % 2 == 0:
+        raise ValueError(f"points must be odd and >= 3, got {points}")
+    scale = max((abs(float(m)) for m in training_multipliers or ()), default=2.0) or 2.0
+    half = points // 2
+    return [round(scale * k / half, 6) for k in range(-half, half + 1)]
+
+
+def limited(batches: Iterable[PairBatch], max_pairs: int | None) -> Iterator[PairBatch]:
+    """Yields the batches of ``batches`` up to ``max_pairs`` pairs in all (the last one cut)."""
+    left = math.inf if max_pairs is None else max_pairs
+    for batch in batches:
+        if left <= 0:
+            return
+        if len(batch) > left:
+            batch = batch.select(slice(0, int(left)))
+        left -= len(batch)
+        yield batch
+
+
+def dedupe(losses: SweepLosses, max_pairs: int | None = None) -> SweepLosses:
+    """Keeps one copy of each pair index, sorted by index, and at most ``max_pairs`` pairs."""
+    index = losses.index.numpy()
+    _, first = np.unique(index, return_index=True)
+    keep = torch.as_tensor(first[:max_pairs] if max_pairs is not None else first, dtype=torch.long)
+    return SweepLosses(
+        losses.multipliers, losses.l_pos[:, keep], losses.l_neg[:, keep], losses.index[keep], losses.reduction
+    )
+
+
+def gather_losses(pl_module: L.LightningModule, losses: SweepLosses) -> SweepLosses:
+    """Concatenates every rank's per-pair losses (one ``all_gather``; ranks may hold different counts)."""
+    trainer = pl_module.trainer
+    if trainer.world_size <= 1:
+        return losses
+    device = pl_module.device
+    counts = pl_module.all_gather(torch.tensor([losses.n_pairs], device=device)).view(-1).tolist()
+    width = max(counts)
+    rows = len(losses.multipliers)
+    stacked = torch.zeros(2 * rows + 1, width, dtype=torch.float64)
+    n = losses.n_pairs
+    stacked[:rows, :n] = losses.l_pos
+    stacked[rows : 2 * rows, :n] = losses.l_neg
+    stacked[2 * rows, :n] = losses.index.to(torch.float64)  # exact for indices < 2**53
+    gathered = pl_module.all_gather(stacked.to(device)).cpu()
+    parts = [gathered[rank, :, :count] for rank, count in enumerate(counts)]
+    merged = torch.cat(parts, dim=1)
+    return SweepLosses(
+        losses.multipliers,
+        merged[:rows].clone(),
+        merged[rows : 2 * rows].clone(),
+        merged[2 * rows].round().to(torch.long),
+        losses.reduction,
+    )
+
+
+def _first_loader(loaders: Any) -> Any:
+    """The first dataloader when Lightning holds several (a list/tuple/dict of them)."""
+    if isinstance(loaders, dict):
+        return next(iter(loaders.values()), None)
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    return loaders
+
+
+class TradeoffCurveCallback(Callback):
+    """Sweeps the control's multiplier on validation and test pairs and reports the trade-off curve.
+
+    Args:
+        multipliers: the sweep grid; must contain 0. ``None``: 11 points from ``-s`` to ``s`` with ``s`` the
+            largest multiplier of the module's training grid (``pl_module.multipliers``), e.g.
+            ``-2, -1.6, …, 2`` for the default grid ``{0.2, …, 2.0}``.
+        every_n_val_epochs: sweep after every N-th validation epoch (0: never during fit).
+        max_pairs: sweep at most this many pairs of each split (``None``: all).
+        max_utility_drop: utility budget (log-odds) of the selected multiplier
+            (:func:`~lightning_split.analysis.best_multiplier`).
+        signs: multipliers the selection considers: ``positive`` or ``both``.
+        on_test: also sweep the test pairs at the end of ``trainer.test``.
+        output_dir: where the reports go (``None``: ``<trainer.log_dir>/tradeoff``).
+        max_rows: packed rows (pairs × multipliers) per upper-block pass of the sweep.
+        progress: show the sweep's own ``rich`` progress bar (off by default; Lightning has its bar).
+        use_lower_cache: reuse the module's lower-block state cache (filled by validation/test steps).
+
+    Attributes:
+        last_report: paths of the last report written (keys of
+            :func:`~lightning_split.analysis.write_report` plus ``"dir"``), or ``None``.
+        last_curve: the last curve (on rank 0), or ``None``.
+        reports: report paths of every sweep, keyed by its folder name (``val-epoch003``, ``test``).
+    """
+
+    def __init__(
+        self,
+        multipliers: list[float] | None = None,
+        every_n_val_epochs: int = 1,
+        max_pairs: int | None = None,
+        max_utility_drop: float = 1.0,
+        signs: Literal["positive", "both"] = "positive",
+        on_test: bool = True,
+        output_dir: str | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        progress: bool = False,
+        use_lower_cache: bool = True,
+    ) -> None:
+        super().__init__()
+        if multipliers is not None:
+            multipliers = [float(m) for m in multipliers]
+            if 0.0 not in multipliers:
+                raise ValueError(f"the sweep grid must contain 0 (the unsteered model): {multipliers}")
+            if len(set(multipliers)) != len(multipliers):
+                raise ValueError(f"duplicate multipliers in {multipliers}")
+        if every_n_val_epochs < 0:
+            raise ValueError(f"every_n_val_epochs must be >= 0, got {every_n_val_epochs}")
+        if max_pairs is not None and max_pairs < 1:
+            raise ValueError(f"max_pairs must be >= 1 or None, got {max_pairs}")
+        if not max_utility_drop >= 0:
+            raise ValueError(f"max_utility_drop must be >= 0, got {max_utility_drop}")
+        self.multipliers = multipliers
+        self.every_n_val_epochs = every_n_val_epochs
+        self.max_pairs = max_pairs
+        self.max_utility_drop = float(max_utility_drop)
+        self.signs = signs
+        self.on_test = on_test
+        self.output_dir = output_dir
+        self.max_rows = max_rows
+        self.progress = progress
+        self.use_lower_cache = use_lower_cache
+        self.last_report: dict[str, Path] | None = None
+        self.last_curve: TradeoffCurve | None = None
+        self.reports: dict[str, dict[str, Path]] = {}
+        self._val_epochs = 0
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Counts of validation epochs seen (so ``every_n_val_epochs`` survives a resume)."""
+        return {"val_epochs": self._val_epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        self._val_epochs = int(state_dict.get("val_epochs", 0))
+
+    def grid(self, pl_module: L.LightningModule) -> list[float]:
+        """The sweep grid (the given one, or the default built from the module's training grid)."""
+        if self.multipliers is not None:
+            return list(self.multipliers)
+        return default_grid(getattr(pl_module, "multipliers", None))
+
+    # ----------------------------------------------------------------- hooks
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if trainer.sanity_checking or self.every_n_val_epochs == 0:
+            return
+        self._val_epochs += 1
+        if self._val_epochs % self.every_n_val_epochs:
+            return
+        tag = f"val-epoch{trainer.current_epoch:03d}"
+        if tag in self.reports:  # several validations in one epoch (val_check_interval < 1)
+            tag = f"{tag}-step{trainer.global_step:07d}"
+        self.run(trainer, pl_module, "val", _first_loader(trainer.val_dataloaders), tag)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if self.on_test:
+            self.run(trainer, pl_module, "test", _first_loader(trainer.test_dataloaders), "test")
+
+    # ----------------------------------------------------------------- work
+    def run(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        stage: Stage,
+        loader: Iterable[PairBatch] | None,
+        tag: str,
+    ) -> dict[str, Path] | None:
+        """Sweeps ``loader``'s pairs (this rank's shard), gathers them, and on rank 0 writes and logs.
+
+        Every rank must call this (it gathers). Returns the report paths on rank 0, else ``None``.
+        """
+        scorer, control = getattr(pl_module, "scorer", None), getattr(pl_module, "control", None)
+        if scorer is None or control is None or loader is None:
+            log.warning("TradeoffCurveCallback: no scorer, control or %s dataloader; skipping the sweep", stage)
+            return None
+        out_dir = self._root(trainer) / tag  # trainer.log_dir broadcasts: called on every rank
+        world = max(trainer.world_size, 1)
+        per_rank = None if self.max_pairs is None else math.ceil(self.max_pairs / world)
+        hparams = getattr(pl_module, "hparams", {})
+        losses = sweep_losses(
+            scorer,
+            control,
+            limited(loader, per_rank),
+            self.grid(pl_module),
+            positions=getattr(pl_module, "positions", "all"),
+            reduction=hparams.get("nll_reduction", "mean"),
+            progress=self.progress and trainer.is_global_zero,
+            device=pl_module.device,
+            max_rows=self.max_rows,
+            lower=self._lower_fn(pl_module, stage),
+        )
+        losses = dedupe(gather_losses(pl_module, losses), self.max_pairs)
+        if not trainer.is_global_zero:
+            return None
+        curve = curve_from_losses(losses, **self._metadata(trainer, pl_module, stage))
+        paths = write_report(curve, out_dir, self.max_utility_drop, self.signs)
+        paths = {"dir": out_dir, **paths}
+        self.last_curve, self.last_report = curve, paths
+        self.reports[tag] = paths
+        self._log(trainer, curve, stage, paths)
+        return paths
+
+    def _root(self, trainer: L.Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "tradeoff"
+
+    def _lower_fn(self, pl_module: L.LightningModule, stage: Stage) -> Any:
+        cache = getattr(pl_module, "_lower_cache", None)
+        scorer = pl_module.scorer  # type: ignore[attr-defined]
+        if not self.use_lower_cache or cache is None:
+            return None
+        return lambda batch, packed, start: cache.states(stage, batch.index, packed, start, scorer.lower_states)
+
+    def _metadata(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> dict[str, Any]:
+        layers = list(getattr(pl_module, "control_layers", []) or [])
+        hparams = getattr(pl_module, "hparams", {})
+        extra: dict[str, Any] = {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "positions": getattr(pl_module, "positions", "all"),
+            "processes": max(trainer.world_size, 1),
+        }
+        if len(layers) > 1:
+            extra["layers"] = layers
+        return {
+            "split": "validation" if stage == "val" else "test",
+            "form": str(getattr(pl_module, "form", "")),
+            "objective": str(getattr(pl_module, "objective_name", "")),
+            "layer": layers[0] if len(layers) == 1 else None,
+            "model": str(hparams.get("backbone", "")),
+            "extra": extra,
+        }
+
+    # ----------------------------------------------------------------- logging
+    def scalars(self, curve: TradeoffCurve, stage: Stage) -> dict[str, float]:
+        """The scalars logged for a curve: the selection under the utility budget and every grid value."""
+        selection = best_multiplier(curve, self.max_utility_drop, self.signs)
+        prefix = f"tradeoff/{stage}"
+        out = {
+            f"{prefix}/selected_m": selection.multiplier,
+            f"{prefix}/selected_preference": selection.preference,
+            f"{prefix}/selected_utility": selection.utility,
+            f"{prefix}/selected_utility_drop": selection.utility_drop,
+            f"{prefix}/baseline_preference": selection.baseline_preference,
+            f"{prefix}/baseline_utility": selection.baseline_utility,
+            f"{prefix}/max_preference": max(curve.preference),
+            f"{prefix}/clamped_total": float(sum(curve.clamped)),
+            f"{prefix}/n_pairs": float(curve.n_pairs[0]),
+        }
+        for row in curve.rows():
+            m = f"{row['multiplier']:g}"
+            for column in ("preference", "utility", "accuracy"):
+                out[f"{prefix}/{column}@m={m}"] = float(row[column])  # type: ignore[arg-type]
+            if row["anti_steerable"] is not None:
+                out[f"{prefix}/anti_steerable@m={m}"] = float(row["anti_steerable"])
+        return out
+
+    def _log(self, trainer: L.Trainer, curve: TradeoffCurve, stage: Stage, paths: dict[str, Path]) -> None:
+        scalars = self.scalars(curve, stage)
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
+            if _is_wandb(logger):
+                logger.experiment.log(self._wandb_payload(curve, stage, paths, trainer.global_step))
+
+    def _wandb_payload(self, curve: TradeoffCurve, stage: Stage, paths: dict[str, Path], step: int) -> dict[str, Any]:
+        import wandb
+
+        prefix = f"tradeoff/{stage}"
+        table = wandb.Table(columns=list(COLUMNS), data=[[row[c] for c in COLUMNS] for row in curve.rows()])
+        where = f"{stage}, {curve.form} {curve.objective}, epoch {curve.extra.get('epoch')}"
+        payload: dict[str, Any] = {
+            f"{prefix}/curve": table,
+            f"{prefix}/preference_vs_m": wandb.plot.line(
+                table, "multiplier", "preference", title=f"preference log-odds vs m ({where})"
+            ),
+            f"{prefix}/utility_vs_m": wandb.plot.line(
+                table, "multiplier", "utility", title=f"utility log-odds vs m ({where})"
+            ),
+            f"{prefix}/preference_vs_utility": wandb.plot.scatter(
+                table, "utility", "preference", title=f"preference vs utility log-odds ({where})"
+            ),
+            "trainer/global_step": step,
+        }
+        for key in ("preference_png", "utility_png", "tradeoff_png"):
+            if key in paths:
+                payload[f"{prefix}/{key.removesuffix('_png')}_plot"] = wandb.Image(str(paths[key]))
+        return payload
+
+
+def _is_wandb(logger: Any) -> bool:
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:  # pragma: no cover - wandb logger unavailable
+        return False
+    return isinstance(logger, WandbLogger)
+
+
+__all__ = ["DEFAULT_POINTS", "TradeoffCurveCallback", "default_grid", "dedupe", "gather_losses", "limited"]

@@ -1,0 +1,279 @@
+"""The trade-off curve callback in real Lightning runs on a tiny backbone: files, W&B offline run, DDP.
+
+The W&B checks read the offline run back from disk: the ``wandb.Table`` JSON files under
+``files/media/table``, the PNGs under ``files/media/images``, and the run's ``.wandb`` record log (parsed
+with a small reader of its LevelDB-style log format and the ``wandb_internal_pb2.Record`` protobuf) for the
+scalars and the custom-chart (line/scatter) panels.
+
+The DDP test launches this file as a script (``python -m tests.test_tradeoff_callback ...``) with 1 and
+with 2 CPU processes (gloo) and compares the curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning_split.callbacks import TradeoffCurveCallback, default_grid
+from lightning_split.callbacks.tradeoff import dedupe, limited
+
+from lightning_split import SplitSteering
+from lightning_split.analysis import COLUMNS, TradeoffCurve
+from lightning_split.data.datamodule import PolarityDataModule
+from lightning_split.sweep import SweepLosses
+from tests.pair_batches import random_pair_batch
+
+GRID = [-1.0, -0.5, 0.0, 0.5, 1.0]
+REPORT_FILES = ("curve.json", "curve.csv", "report.md", "preference.png", "utility.png", "tradeoff.png")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run in microseconds per op; on a busy machine intra-op threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _wandb_records(path: Path) -> Iterator[bytes]:
+    """Raw records of a ``.wandb`` file: a 7-byte ``:W&B`` header, then 32 KiB blocks of LevelDB-log
+    records (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B record log"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:  # block padding
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            yield pending + chunk
+
+
+def _wandb_history_and_charts(run_dir: Path) -> tuple[list[dict[str, str]], dict[str, dict]]:
+    """History rows (key -> JSON text) and the custom-chart panels registered in the run's config."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    history, charts = [], {}
+    (path,) = run_dir.glob("run-*.wandb")
+    for raw in _wandb_records(path):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
+        elif kind == "config":
+            for update in record.config.update:
+                keys = list(update.nested_key)
+                if keys[:2] == ["_wandb", "visualize"]:
+                    charts[keys[2]] = json.loads(update.value_json)
+    return history, charts
+
+
+def _csv_multipliers(path: Path) -> list[float]:
+    with path.open() as handle:
+        return [float(row["multiplier"]) for row in csv.DictReader(handle)]
+
+
+def _module(backbone_dir: Path, **kwargs) -> SplitSteering:
+    return SplitSteering(backbone=str(backbone_dir), form="vector", layer=2, lr=0.05, init_std=0.3, **kwargs)
+
+
+# ----------------------------------------------------------------------------- W&B run
+def test_callback_writes_reports_and_logs_wandb_offline(
+    tiny_backbone_dir, sentiment_like_jsonl, tmp_path, monkeypatch
+) -> None:
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    L.seed_everything(0, verbose=False)
+    model = _module(tiny_backbone_dir)
+    data = PolarityDataModule(dataset=str(sentiment_like_jsonl), batch_size=4, eval_batch_size=2)
+    callback = TradeoffCurveCallback(multipliers=GRID, max_utility_drop=0.5)
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="tradeoff-test")
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", logger=logger, callbacks=[callback], enable_checkpointing=False,
+        enable_progress_bar=False, num_sanity_val_steps=1, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    try:
+        trainer.fit(model, data)
+        (results,) = trainer.test(model, data)
+    finally:
+        wandb.finish()
+
+    # --- files in the run directory, one folder per sweep (the sanity check is skipped)
+    assert set(callback.reports) == {"val-epoch000", "val-epoch001", "test"}
+    assert callback.last_report is not None and callback.last_report["dir"] == tmp_path / "tradeoff" / "test"
+    for tag, pairs, split in (
+        ("val-epoch000", 3, "validation"),
+        ("val-epoch001", 3, "validation"),
+        ("test", 5, "test"),
+    ):
+        folder = tmp_path / "tradeoff" / tag
+        for name in REPORT_FILES:
+            assert (folder / name).stat().st_size > 0, f"{tag}/{name} missing"
+        assert _csv_multipliers(folder / "curve.csv") == GRID
+        curve = TradeoffCurve.from_json(folder / "curve.json")
+        assert curve.multipliers == GRID and curve.n_pairs == [pairs] * len(GRID)
+        assert curve.split == split and curve.form == "vector" and curve.objective == "split" and curve.layer == 2
+        assert curve.reduction == "mean" and curve.pair_preference.shape == (len(GRID), pairs)
+        assert (folder / "report.md").read_text().startswith("# Steering trade-off report")
+    test_curve = TradeoffCurve.from_json(tmp_path / "tradeoff" / "test" / "curve.json")
+    # the module's own test metrics (at eval_multiplier = 1 and unsteered) are the sweep's values there
+    assert test_curve.preference[GRID.index(1.0)] == pytest.approx(results["test/pref_logodds"], abs=1e-5)
+    assert test_curve.utility[GRID.index(1.0)] == pytest.approx(results["test/util_logodds"], abs=1e-5)
+    assert test_curve.preference[GRID.index(0.0)] == pytest.approx(results["test/pref_logodds_base"], abs=1e-5)
+    assert test_curve.preference[-1] != pytest.approx(test_curve.preference[0], abs=1e-6), "the control did nothing"
+
+    # --- the offline W&B run: tables, images, scalars and chart panels
+    (run_dir,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+    run_dir = Path(run_dir)
+    tables = {
+        stage: sorted((run_dir / "files" / "media" / "table" / "tradeoff" / stage).glob("curve_*.table.json"))
+        for stage in ("val", "test")
+    }
+    assert len(tables["val"]) == 2 and len(tables["test"]) == 1
+    table = json.loads(tables["test"][0].read_text())
+    assert table["columns"] == list(COLUMNS)
+    assert [row[0] for row in table["data"]] == GRID
+    pref = table["columns"].index("preference")
+    np.testing.assert_allclose([row[pref] for row in table["data"]], test_curve.preference, rtol=1e-12)
+    images = run_dir / "files" / "media" / "images" / "tradeoff" / "test"
+    assert {p.name.split("_plot")[0] for p in images.glob("*.png")} == {"preference", "utility", "tradeoff"}
+
+    history, charts = _wandb_history_and_charts(run_dir)
+    for stage in ("val", "test"):
+        assert charts[f"tradeoff/{stage}/preference_vs_m"]["panel_config"]["fieldSettings"]["y"] == "preference"
+        assert charts[f"tradeoff/{stage}/utility_vs_m"]["panel_config"]["fieldSettings"]["y"] == "utility"
+        assert charts[f"tradeoff/{stage}/preference_vs_utility"]["panel_config"]["panelDefId"] == "wandb/scatter/v0"
+    selected = [json.loads(row["tradeoff/test/selected_m"]) for row in history if "tradeoff/test/selected_m" in row]
+    assert len(selected) == 1 and selected[0] in GRID
+    logged = [row for row in history if "tradeoff/test/preference@m=1" in row]
+    assert json.loads(logged[0]["tradeoff/test/preference@m=1"]) == pytest.approx(test_curve.preference[-1])
+    chart_tables = [row for row in history if "tradeoff/test/preference_vs_m_table/path" in row]
+    assert json.loads(chart_tables[0]["tradeoff/test/preference_vs_m_table/path"]).endswith(".table.json")
+
+
+# ----------------------------------------------------------------------------- any logger, options
+def test_callback_default_grid_max_pairs_and_epoch_interval(tiny_backbone_dir, sentiment_like_jsonl, tmp_path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    L.seed_everything(0, verbose=False)
+    model = _module(tiny_backbone_dir)  # training grid {0.2, ..., 2.0}
+    data = PolarityDataModule(dataset=str(sentiment_like_jsonl), batch_size=4, eval_batch_size=2)
+    out = tmp_path / "curves"
+    callback = TradeoffCurveCallback(every_n_val_epochs=2, max_pairs=2, on_test=False, output_dir=str(out))
+    logger = CSVLogger(str(tmp_path), name="csv")
+    trainer = L.Trainer(
+        max_epochs=3, accelerator="cpu", logger=logger, callbacks=[callback], enable_checkpointing=False,
+        enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(model, data)
+    trainer.test(model, data)
+    assert set(callback.reports) == {"val-epoch001"}  # every 2nd validation epoch; no test sweep
+    expected = default_grid(model.multipliers)
+    assert expected == [-2.0, -1.6, -1.2, -0.8, -0.4, 0.0, 0.4, 0.8, 1.2, 1.6, 2.0]
+    assert _csv_multipliers(out / "val-epoch001" / "curve.csv") == expected
+    curve = TradeoffCurve.from_json(out / "val-epoch001" / "curve.json")
+    assert curve.n_pairs == [2] * len(expected)
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("tradeoff/val/selected_m")]
+    assert len(rows) == 1
+    assert float(rows[0]["tradeoff/val/preference@m=2"]) == pytest.approx(curve.preference[-1])
+    assert float(rows[0]["tradeoff/val/n_pairs"]) == 2
+
+
+# ----------------------------------------------------------------------------- pieces
+def test_default_grid_limited_and_dedupe() -> None:
+    assert default_grid([2, 4, 20]) == [-20.0, -16.0, -12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0, 16.0, 20.0]
+    assert default_grid(None, points=5) == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    with pytest.raises(ValueError):
+        default_grid([1.0], points=4)
+    with pytest.raises(ValueError, match="contain 0"):
+        TradeoffCurveCallback(multipliers=[1.0, 2.0])
+    batches = [random_pair_batch(rows=3, seed=s) for s in range(3)]
+    assert [len(b) for b in limited(batches, 7)] == [3, 3, 1]
+    assert [len(b) for b in limited(batches, None)] == [3, 3, 3]
+    losses = SweepLosses(
+        [0.0, 1.0],
+        torch.tensor([[1.0, 2.0, 3.0, 1.0], [4.0, 5.0, 6.0, 4.0]], dtype=torch.float64),
+        torch.zeros(2, 4, dtype=torch.float64),
+        torch.tensor([5, 2, 9, 5]),  # a padded duplicate of pair 5, as a DistributedSampler makes
+        "mean",
+    )
+    kept = dedupe(losses)
+    assert kept.index.tolist() == [2, 5, 9] and kept.l_pos[1].tolist() == [5.0, 4.0, 6.0]
+    assert dedupe(losses, max_pairs=2).index.tolist() == [2, 5]
+
+
+# ----------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_test_sweep(backbone_dir: str, data_file: str, out_dir: str, devices: int) -> None:
+    """Script body: ``trainer.test`` with the callback (test sweep only), on ``devices`` CPU processes."""
+    L.seed_everything(0, verbose=False)
+    model = _module(Path(backbone_dir))
+    data = PolarityDataModule(dataset=data_file, eval_batch_size=2)
+    callback = TradeoffCurveCallback(multipliers=GRID, output_dir=out_dir)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
+        callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False, default_root_dir=out_dir,
+    )  # fmt: skip
+    trainer.test(model, data)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_give_the_single_process_curve(tiny_backbone_dir, sentiment_like_jsonl, tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MASTER_ADDR": "127.0.0.1"}
+    for devices in (1, 2):
+        env["MASTER_PORT"] = str(_free_port())
+        command = [sys.executable, "-m", "tests.test_tradeoff_callback", str(tiny_backbone_dir),
+                   str(sentiment_like_jsonl), str(tmp_path / f"d{devices}"), str(devices)]  # fmt: skip
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = TradeoffCurve.from_json(tmp_path / "d1" / "test" / "curve.json")
+    two = TradeoffCurve.from_json(tmp_path / "d2" / "test" / "curve.json")
+    assert one.extra["processes"] == 1 and two.extra["processes"] == 2
+    assert one.n_pairs == two.n_pairs == [5] * len(GRID)  # 5 test pairs; the sampler's padded copy is dropped
+    np.testing.assert_allclose(two.pair_preference, one.pair_preference, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(two.pair_utility, one.pair_utility, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(two.preference, one.preference, atol=1e-6, rtol=0)
+    assert two.accuracy == one.accuracy and two.anti_steerable == one.anti_steerable
+
+
+if __name__ == "__main__":
+    _run_test_sweep(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

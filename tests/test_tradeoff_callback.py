@@ -268,7 +268,7 @@ def test_ddp_two_processes_give_the_single_process_curve(tiny_backbone_dir, sent
     one = TradeoffCurve.from_json(tmp_path / "d1" / "test" / "curve.json")
     two = TradeoffCurve.from_json(tmp_path / "d2" / "test" / "curve.json")
     assert one.extra["processes"] == 1 and two.extra["processes"] == 2
-    assert one.n_pairs == two.n_pairs == [5] * len(GRID)  # 5 test pairs; the sampler's padded copy is dropped
+    assert one.n_pairs == two.n_pairs == [5] * len(GRID)  # uneven shards (3 + 2), no padding copies
     np.testing.assert_allclose(two.pair_preference, one.pair_preference, atol=1e-6, rtol=0)
     np.testing.assert_allclose(two.pair_utility, one.pair_utility, atol=1e-6, rtol=0)
     np.testing.assert_allclose(two.preference, one.preference, atol=1e-6, rtol=0)

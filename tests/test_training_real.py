@@ -16,8 +16,8 @@ from lightning_split.data.datamodule import PolarityDataModule
 
 SETTINGS = {
     "vector": {"lr": 0.08},
-    "lora": {"lr": 0.01, "rank": 4},
-    "local_weight": {"lr": 0.01},
+    "lora": {"lr": 0.05, "rank": 4},
+    "local_weight": {"lr": 0.05},
 }
 
 

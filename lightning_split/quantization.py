@@ -57,9 +57,14 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
             .reshape(module.out_features, module.in_features)
         )
     if kind == "8bit":
+        # the row scales live on the weight until the first forward, which moves them to the layer's state
         scale = getattr(weight, "SCB", None)
-        if scale is None:  # not quantized yet (still on the host before .cuda()): the data is the float weight
+        if scale is None:
+            scale = getattr(getattr(module, "state", None), "SCB", None)
+        if weight.data.dtype != torch.int8:  # not quantized (yet): the data is the float weight
             return weight.data.float()
+        if scale is None:
+            raise ValueError(f"{type(module).__name__}: int8 weight without row scales (SCB)")
         return weight.data.float() * scale.float().unsqueeze(1) / 127.0
     raise TypeError(f"{type(module).__name__} is not a bitsandbytes linear layer")
 

@@ -195,7 +195,7 @@ def sweep_losses(
         positions: steered tokens (``all``, ``completion``, ``prompt``), as the control was trained.
         reduction: ``mean`` (per-token NLL) or ``sum`` (sequence NLL).
         chunk_multipliers: multipliers per upper-block pass (``None``: as many as fit in ``max_rows``).
-        progress: show a ``rich`` progress bar (one step per pass).
+        progress: show a ``rich`` progress bar (one step per batch of pairs).
         device: where to compute (``None``: the device of the scorer's model).
         max_rows: bound on packed rows per pass when ``chunk_multipliers`` is ``None``.
         lower: optional provider of the lower-block states (e.g. a per-pair cache); default computes them

@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,15 +78,31 @@ def _wandb_records(path: Path) -> Iterator[bytes]:
             yield pending + chunk
 
 
-def _wandb_history_and_charts(run_dir: Path) -> tuple[list[dict[str, str]], dict[str, dict]]:
-    """History rows (key -> JSON text) and the custom-chart panels registered in the run's config."""
+def _wandb_parsed(run_dir: Path) -> list:
+    """The run's records, once its last record is the ``exit`` record.
+
+    ``wandb.finish()`` can return before the W&B core process has written the last records of an offline
+    run (seen on a busy machine), so the file is read again until it is complete.
+    """
     from wandb.proto import wandb_internal_pb2 as pb
 
-    history, charts = [], {}
     (path,) = run_dir.glob("run-*.wandb")
-    for raw in _wandb_records(path):
-        record = pb.Record()
-        record.ParseFromString(raw)
+    deadline = time.monotonic() + 120
+    while True:
+        records = []
+        for raw in _wandb_records(path):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            records.append(record)
+        if (records and records[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def _wandb_history_and_charts(run_dir: Path) -> tuple[list[dict[str, str]], dict[str, dict]]:
+    """History rows (key -> JSON text) and the custom-chart panels registered in the run's config."""
+    history, charts = [], {}
+    for record in _wandb_parsed(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
@@ -158,6 +175,7 @@ def test_callback_writes_reports_and_logs_wandb_offline(
     # --- the offline W&B run: tables, images, scalars and chart panels
     (run_dir,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
     run_dir = Path(run_dir)
+    history, charts = _wandb_history_and_charts(run_dir)  # waits until the run's files are complete
     tables = {
         stage: sorted((run_dir / "files" / "media" / "table" / "tradeoff" / stage).glob("curve_*.table.json"))
         for stage in ("val", "test")
@@ -171,7 +189,6 @@ def test_callback_writes_reports_and_logs_wandb_offline(
     images = run_dir / "files" / "media" / "images" / "tradeoff" / "test"
     assert {p.name.split("_plot")[0] for p in images.glob("*.png")} == {"preference", "utility", "tradeoff"}
 
-    history, charts = _wandb_history_and_charts(run_dir)
     for stage in ("val", "test"):
         assert charts[f"tradeoff/{stage}/preference_vs_m"]["panel_config"]["fieldSettings"]["y"] == "preference"
         assert charts[f"tradeoff/{stage}/utility_vs_m"]["panel_config"]["fieldSettings"]["y"] == "utility"

@@ -483,6 +483,38 @@ def _resolve_source(name_or_path: str, cache_dir: str | None) -> tuple[str, bool
     return name_or_path, True
 
 
+@contextlib.contextmanager
+def _load_errors(name_or_path: str, source: str, from_hub: bool) -> Iterator[None]:
+    """Turns ``from_pretrained``'s ``OSError`` into a :class:`BackboneLoadError` that says what to do."""
+    try:
+        yield
+    except OSError as err:
+        if not from_hub:
+            raise BackboneLoadError(f"could not load the model folder {source}: {err}") from err
+        raise BackboneLoadError(
+            f"could not load {name_or_path!r} from the Hugging Face hub (offline or unknown id?): {err}\n"
+            f"Offline, use a local model folder, a .gguf file or a registered name "
+            f"({', '.join(REGISTERED_MODELS)}); set HF_HUB_OFFLINE=1 to fail fast without retries."
+        ) from err
+
+
+def load_tokenizer(name_or_path: str, cache_dir: str | None = None) -> PreTrainedTokenizerBase:
+    """Load only the tokenizer of a backbone (same names, paths and fixes as :func:`load_backbone`).
+
+    Args:
+        name_or_path: a registered short name, a ``.gguf`` file (converted once, like the model), a local
+            model folder or a Hugging Face hub id.
+        cache_dir: as in :func:`load_backbone`.
+
+    Returns:
+        The tokenizer, fixed by :func:`fix_tokenizer`.
+    """
+    source, from_hub = _resolve_source(name_or_path, cache_dir)
+    hub_kwargs: dict[str, Any] = {"cache_dir": cache_dir} if from_hub and cache_dir else {}
+    with _load_errors(name_or_path, source, from_hub):
+        return fix_tokenizer(AutoTokenizer.from_pretrained(source, **hub_kwargs))
+
+
 def load_backbone(
     name_or_path: str,
     *,
@@ -536,18 +568,9 @@ def load_backbone(
     hub_kwargs: dict[str, Any] = {"cache_dir": cache_dir} if from_hub and cache_dir else {}
 
     start = time.perf_counter()
-    try:
+    with _load_errors(name_or_path, source, from_hub):
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **hub_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
-    except OSError as err:
-        if not from_hub:
-            raise BackboneLoadError(f"could not load the model folder {source}: {err}") from err
-        raise BackboneLoadError(
-            f"could not load {name_or_path!r} from the Hugging Face hub (offline or unknown id?): {err}\n"
-            f"Offline, use a local model folder, a .gguf file or a registered name "
-            f"({', '.join(REGISTERED_MODELS)}); set HF_HUB_OFFLINE=1 to fail fast without retries."
-        ) from err
-    fix_tokenizer(tokenizer)
+        tokenizer = fix_tokenizer(AutoTokenizer.from_pretrained(source, **hub_kwargs))
     model.eval()
     model.requires_grad_(False)
     log.info(

@@ -21,6 +21,7 @@ from lightning_split.backbone import (
     fix_tokenizer,
     gguf_cache_path,
     load_backbone,
+    load_tokenizer,
     resolve_registered_model,
 )
 from tests.tiny_models import make_tiny_model
@@ -197,3 +198,21 @@ def test_cache_key_follows_path_size_and_mtime(tmp_path: Path) -> None:
     gguf.write_bytes(b"GGUF" + b"\0" * 61)
     assert gguf_cache_path(gguf, tmp_path / "cache", name="toy") not in (first, touched)
     assert gguf_cache_path(gguf, tmp_path / "cache").name.startswith("model-")
+
+
+def test_tokenizer_alone_resolves_registered_names(smollm2_dir: Path) -> None:
+    from lightning_split.data.datamodule import PolarityDataModule
+
+    _, expected = load_backbone(str(smollm2_dir))
+    by_name = PolarityDataModule(tokenizer="smollm2-135m-instruct").tokenizer
+    text = _templated(expected)
+    assert by_name(text).input_ids == expected(text).input_ids
+    assert by_name.pad_token == expected.pad_token and by_name.padding_side == "right"
+
+
+def test_tokenizer_alone_offline_hub_id_errors_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(BackboneLoadError, match="smollm2-135m-instruct"):
+        load_tokenizer("some-org/some-model-that-is-not-cached")

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_split.backbone import load_tokenizer
 from lightning_split.data.batch import PairBatch
 from lightning_split.data.pairs import BadRowError, PolarityPair
 from lightning_split.data.readers import read_pairs
@@ -35,23 +36,6 @@ class SkippedRow:
     source: str
     line: int
     reason: str
-
-
-def load_tokenizer(name_or_path: str) -> Any:
-    """Loads a Hugging Face tokenizer from a hub id, a local folder or a ``.gguf`` file.
-
-    Args:
-        name_or_path: hub id, folder, or path of a GGUF file.
-
-    Returns:
-        The tokenizer.
-    """
-    from transformers import AutoTokenizer
-
-    path = Path(name_or_path).expanduser()
-    if path.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(name_or_path)
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -133,9 +133,7 @@ class SteeredModel:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def load_steered(
-    directory: str | Path, backbone: str | None = None, **backbone_options: Any
-) -> SteeredModel:
+def load_steered(directory: str | Path, backbone: str | None = None, **backbone_options: Any) -> SteeredModel:
     """Loads the backbone a control was trained on (or ``backbone``) and the control itself.
 
     Args:

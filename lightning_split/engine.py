@@ -136,9 +136,7 @@ def attention_mask_for(model: nn.Module, packed: PackedPairs) -> torch.Tensor | 
     return to_impl(allowed_attention(packed, window if uses_window else None))
 
 
-def completion_log_probs(
-    layout: ModelLayout, hidden: torch.Tensor, packed: PackedPairs
-) -> PairLogProbs:
+def completion_log_probs(layout: ModelLayout, hidden: torch.Tensor, packed: PackedPairs) -> PairLogProbs:
     """Projects ``hidden`` to the vocabulary only at the completion-predicting positions."""
     index = packed.logit_index
     gathered = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
@@ -285,6 +283,7 @@ class PairScorer:
         ):
             hidden = self.hidden(packed, lower if start > 0 else None, start)
         return completion_log_probs(self.layout, hidden, packed)
+
 
 def plain_pair_logprobs(
     model: nn.Module,

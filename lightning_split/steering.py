@@ -59,9 +59,7 @@ class SteeringState:
         if self.passes > 0:
             return h.new_full((batch, length, 1), float(self.generated_value), dtype=torch.float32)
         if self.token_mask.shape[1] != length:
-            raise ValueError(
-                f"token_mask covers {self.token_mask.shape[1]} positions but the first pass has {length}"
-            )
+            raise ValueError(f"token_mask covers {self.token_mask.shape[1]} positions but the first pass has {length}")
         return self.token_mask.to(device=h.device, dtype=torch.float32).unsqueeze(-1)
 
     def rows(self, batch: int, device: torch.device) -> torch.Tensor:

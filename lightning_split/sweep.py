@@ -120,9 +120,7 @@ def _losses(lp: PairLogProbs, reduction: Reduction) -> tuple[torch.Tensor, torch
 @contextmanager
 def _eval_mode(control: Sequence[Intervention] | nn.Module) -> Iterator[None]:
     """Puts the control's modules in eval mode (no LoRA dropout) and restores their modes afterwards."""
-    modules = (
-        [control] if isinstance(control, nn.Module) else [iv for iv in control if isinstance(iv, nn.Module)]
-    )
+    modules = [control] if isinstance(control, nn.Module) else [iv for iv in control if isinstance(iv, nn.Module)]
     saved = [(mod, mod.training) for root in modules for mod in root.modules()]
     try:
         for root in modules:
@@ -223,9 +221,7 @@ def sweep_losses(
             packed = scorer.pack(batch)
             states = None
             if start > 0:
-                states = (
-                    lower(batch, packed, start) if lower is not None else scorer.lower_states(packed, start)
-                )
+                states = lower(batch, packed, start) if lower is not None else scorer.lower_states(packed, start)
             k = chunk_multipliers or default_chunk(size, len(grid), max_rows)
             l_pos = torch.empty(len(grid), size, dtype=torch.float64)
             l_neg = torch.empty(len(grid), size, dtype=torch.float64)
@@ -280,9 +276,7 @@ def plain_sweep_losses(
             l_neg = torch.empty(len(grid), size, dtype=torch.float64)
             for row, m in enumerate(grid):
                 mult = torch.full((size,), m, dtype=torch.float32, device=device)
-                lp = plain_pair_logprobs(
-                    scorer.model, scorer.layout, batch, control, mult, positions, scorer.pad_id
-                )
+                lp = plain_pair_logprobs(scorer.model, scorer.layout, batch, control, mult, positions, scorer.pad_id)
                 l_pos[row], l_neg[row] = _losses(lp, reduction)
             pos_parts.append(l_pos)
             neg_parts.append(l_neg)

@@ -56,13 +56,15 @@ def sentiment_like_jsonl(tmp_path: Path) -> Path:
     for i in range(18):
         split = "train" if i < 10 else "validation" if i < 13 else "test"
         topic = topics[i % len(topics)]
-        rows.append({
-            "question": f"Write one sentence about the {topic} today (item {i}).",
-            "matching": f"The {topic} today was wonderful and made me smile {i} times.",
-            "not_matching": f"The {topic} today was awful{' and dull' * (i % 3)}.",
-            "topic": topic,
-            "split": split,
-        })
+        rows.append(
+            {
+                "question": f"Write one sentence about the {topic} today (item {i}).",
+                "matching": f"The {topic} today was wonderful and made me smile {i} times.",
+                "not_matching": f"The {topic} today was awful{' and dull' * (i % 3)}.",
+                "topic": topic,
+                "split": split,
+            }
+        )
     path = tmp_path / "sentiment.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

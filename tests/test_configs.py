@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lightning_split.cli import SteeringCLI
 from lightning_split.data.datamodule import PolarityDataModule
@@ -27,7 +28,10 @@ def test_committed_configs_match_the_generator() -> None:
     expected = {path: gen.render(path, title, cfg) for path, (title, cfg) in gen.all_configs().items()}
     shipped = {str(p.relative_to(ROOT / "configs")): p.read_text() for p in CONFIGS}
     assert shipped == expected, "configs/ is out of date: run python scripts/make_configs.py"
-    assert len(shipped) == 3 * (4 * 5 + 1) + 1
+    assert len(shipped) == 3 * (4 * 5 + 1) + 1 + len(gen.GPU_RUNS)
+    gpu = {path: cfg for path, (_, cfg) in gen.all_configs().items() if path.startswith("gpu/")}
+    assert any(cfg["trainer"]["devices"] == 1 for cfg in gpu.values()), "no single-GPU config"
+    assert any(cfg["trainer"].get("strategy") == "ddp" and cfg["trainer"]["devices"] > 1 for cfg in gpu.values())
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
@@ -35,17 +39,26 @@ def test_config_parses_and_builds(config: Path, tmp_path: Path, monkeypatch: pyt
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    gpu = config.relative_to(ROOT / "configs").parts[0] == "gpu"
+    # GPU configs are built here with a CPU trainer (their own trainer settings are checked below)
+    overrides = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"] if gpu else []
     cli = SteeringCLI(
         SteeringModule,
         PolarityDataModule,
         subclass_mode_model=True,
         run=False,
-        args=["--config", str(config)],
+        args=["--config", str(config), *overrides],
         save_config_kwargs={"overwrite": True},
     )
     assert isinstance(cli.model, SteeringModule)
-    assert cli.model.hparams.backbone == "smollm2-135m-instruct"
-    if config.parent.name != "configs":
+    if gpu:
+        trainer = yaml.safe_load(config.read_text())["trainer"]
+        assert trainer["accelerator"] == "gpu" and trainer["precision"] == "bf16-true"
+        assert cli.model.hparams.quantization == "nf4-dq" and cli.model.form == "lora"
+        assert "Memory: about" in config.read_text()
+    else:
+        assert cli.model.hparams.backbone == "smollm2-135m-instruct"
+    if config.parent.name != "configs" and not gpu:
         assert config.stem.endswith(cli.model.form), f"{config.name} builds form {cli.model.form}"
     assert cli.trainer.max_epochs >= 1
     assert cli.model.backbone is None, "building a config must not load the backbone"

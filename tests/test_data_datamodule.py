@@ -76,8 +76,9 @@ def test_end_to_end_batches(smollm2_tokenizer, sentiment_like_jsonl: Path) -> No
 
 
 def test_psychopathy_module(smollm2_tokenizer, shared_data_dir: Path) -> None:
-    dm = PolarityDataModule(dataset="psychopathy", data_dir=str(shared_data_dir), batch_size=8,
-                            train_size=20, val_size=4, test_size=6)
+    dm = PolarityDataModule(
+        dataset="psychopathy", data_dir=str(shared_data_dir), batch_size=8, train_size=20, val_size=4, test_size=6
+    )
     dm.set_tokenizer(smollm2_tokenizer)
     dm.setup()
     assert dm.report()["sizes"] == {"train": 20, "validation": 4, "test": 6}
@@ -89,11 +90,10 @@ def test_psychopathy_module(smollm2_tokenizer, shared_data_dir: Path) -> None:
 
 
 def test_skip_bad_rows_reports_count(smollm2_tokenizer, tmp_path: Path, caplog) -> None:
-    rows = [{"question": f"q{i}", "matching": "good", "not_matching": "bad", "split": "train"}
-            for i in range(6)]
-    rows[1]["matching"] = " "                                   # empty completion, line 2
-    rows[3]["not_matching"] = "good"                            # identical, line 4
-    rows[4]["question"] = "very long question " * 40            # over max_length, line 5
+    rows = [{"question": f"q{i}", "matching": "good", "not_matching": "bad", "split": "train"} for i in range(6)]
+    rows[1]["matching"] = " "  # empty completion, line 2
+    rows[3]["not_matching"] = "good"  # identical, line 4
+    rows[4]["question"] = "very long question " * 40  # over max_length, line 5
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     dm = PolarityDataModule(dataset=str(path), max_length=60)
@@ -169,8 +169,15 @@ class _TinyModule(L.LightningModule):
 def test_lightning_fit(smollm2_tokenizer, sentiment_like_jsonl: Path, tmp_path: Path) -> None:
     model = _TinyModule(smollm2_tokenizer)
     dm = PolarityDataModule(dataset=str(sentiment_like_jsonl), batch_size=3)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=dm)
     assert model.seen == [3, 3, 3, 1]
     assert "val_tokens" in trainer.callback_metrics

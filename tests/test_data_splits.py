@@ -59,8 +59,14 @@ def test_same_split_in_another_process(shared_data_dir: Path) -> None:
         "print(json.dumps([[p.line for p in s[n]] for n in ('train', 'validation', 'test')]))\n"
     )
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code, str(shared_data_dir)], cwd=root, check=True,
-                         capture_output=True, text=True, env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(shared_data_dir)],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    ).stdout
     here = load_split("psychopathy", shared_data_dir, 3)
     assert json.loads(out) == [lines(here[n]) for n in ("train", "validation", "test")]
 
@@ -106,8 +112,9 @@ def test_split_field_of_embedded_shape(sentiment_like_jsonl: Path) -> None:
 
 
 def test_generic_pool_defaults_and_group_stratification(tmp_path: Path) -> None:
-    rows = [{"input": f"q{i}", "winning_output": f"w{i}", "losing_output": f"l{i}", "concept_id": i % 2}
-            for i in range(40)]
+    rows = [
+        {"input": f"q{i}", "winning_output": f"w{i}", "losing_output": f"l{i}", "concept_id": i % 2} for i in range(40)
+    ]
     path = tmp_path / "ax.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     resolved = resolve_dataset(str(path))

@@ -164,9 +164,7 @@ class TradeoffCurve:
     def rows(self) -> list[dict[str, float | int | None]]:
         """One dict per multiplier keyed by :data:`COLUMNS`, ready for a table logger."""
         anti = self.anti_steerable or [None] * len(self.multipliers)
-        columns = zip(
-            self.multipliers, self.preference, self.utility, self.accuracy, self.clamped, self.n_pairs, anti
-        )
+        columns = zip(self.multipliers, self.preference, self.utility, self.accuracy, self.clamped, self.n_pairs, anti)
         return [dict(zip(COLUMNS, values)) for values in columns]
 
     def metadata(self) -> dict[str, Any]:
@@ -206,8 +204,7 @@ class TradeoffCurve:
             raise ValueError(f"{path} is not a version-{_VERSION} {_FORMAT} file")
         names = ("multipliers", *_PER_MULTIPLIER, *_METADATA)
         arrays = {
-            name: None if payload[name] is None else np.asarray(payload[name], dtype=np.float64)
-            for name in _PER_PAIR
+            name: None if payload[name] is None else np.asarray(payload[name], dtype=np.float64) for name in _PER_PAIR
         }
         return cls(**{name: payload[name] for name in names}, **arrays)
 

@@ -224,9 +224,7 @@ def _log_gap_jac(theta: np.ndarray) -> np.ndarray:
     grads = []
     for m, scale, power in ((d.m_pos, d.l_pos, d.p_pos), (d.m_neg, d.l_neg, d.p_neg)):
         ratio = m**2 / scale
-        grads.append(
-            [power * 2 * m / scale / (1 + ratio), -power * ratio / (1 + ratio), power * np.log1p(ratio)]
-        )
+        grads.append([power * 2 * m / scale / (1 + ratio), -power * ratio / (1 + ratio), power * np.log1p(ratio)])
     return np.array(grads[0] + [-g for g in grads[1]])
 
 

@@ -29,9 +29,7 @@ def plot_preference(
     Returns:
         ``path``.
     """
-    return _plot_vs_m(
-        curve, curve.preference, curve.pair_preference, fit, selected, "preference log-odds", Path(path)
-    )
+    return _plot_vs_m(curve, curve.preference, curve.pair_preference, fit, selected, "preference log-odds", Path(path))
 
 
 def plot_utility(

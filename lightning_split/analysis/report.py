@@ -121,9 +121,7 @@ def write_report(
         "curve_json": curve.to_json(out_dir / "curve.json"),
         "curve_csv": curve.to_csv(out_dir / "curve.csv"),
     }
-    paths.update(
-        plot_curve(curve, out_dir, made.get("preference"), made.get("utility"), selection.multiplier)
-    )
+    paths.update(plot_curve(curve, out_dir, made.get("preference"), made.get("utility"), selection.multiplier))
     paths["report_md"] = out_dir / "report.md"
     paths["report_md"].write_text(_markdown(curve, selection, fits, paths))
     return paths

@@ -15,9 +15,26 @@ from lightning_split.data.splits import Splits, split_dataset, split_pool
 from lightning_split.data.tokenize import PairTokenizer, TokenizedPair
 
 __all__ = [
-    "ANTHROPIC_EVALS", "AXBENCH", "DATASETS", "DATA_DIR_ENV", "PLAIN", "BadRowError", "DataFileError",
-    "FieldMap", "PairBatch", "PairTokenizer", "PolarityDataModule", "PolarityPair", "ReadResult", "Splits",
-    "TokenizedPair", "read_pairs", "resolve_data_dir", "resolve_dataset", "split_dataset", "split_pool",
+    "ANTHROPIC_EVALS",
+    "AXBENCH",
+    "DATASETS",
+    "DATA_DIR_ENV",
+    "PLAIN",
+    "BadRowError",
+    "DataFileError",
+    "FieldMap",
+    "PairBatch",
+    "PairTokenizer",
+    "PolarityDataModule",
+    "PolarityPair",
+    "ReadResult",
+    "Splits",
+    "TokenizedPair",
+    "read_pairs",
+    "resolve_data_dir",
+    "resolve_dataset",
+    "split_dataset",
+    "split_pool",
 ]
 
 

@@ -161,8 +161,12 @@ class PolarityDataModule(L.LightningDataModule):
         self.system_prompt = system_prompt
         self.num_workers = num_workers
         self.data_format = data_format
-        fields = {"question": question_field, "matching": matching_field, "not_matching": not_matching_field,
-                  "group": group_field}
+        fields = {
+            "question": question_field,
+            "matching": matching_field,
+            "not_matching": not_matching_field,
+            "group": group_field,
+        }
         self.field_map = {k: v for k, v in fields.items() if v is not None} or None
         self.use_chat_template = use_chat_template
         self.resolved: ResolvedDataset | None = None
@@ -210,8 +214,9 @@ class PolarityDataModule(L.LightningDataModule):
                     "PolarityDataModule has no tokenizer: the model sets it with set_tokenizer(), "
                     "or pass `tokenizer:` (hub id, folder or .gguf file)"
                 )
-            self._pair_tokenizer = PairTokenizer(self.tokenizer, self.max_length, self.system_prompt,
-                                                 self.use_chat_template)
+            self._pair_tokenizer = PairTokenizer(
+                self.tokenizer, self.max_length, self.system_prompt, self.use_chat_template
+            )
         return self._pair_tokenizer
 
     # ---- reading and splitting -------------------------------------------------------------------------
@@ -245,7 +250,10 @@ class PolarityDataModule(L.LightningDataModule):
             first = "; ".join(f"{s.source}:{s.line} {s.reason}" for s in new[:3])
             log.warning(
                 "skip_bad_rows: left out %d unusable row(s) of dataset %r while %s (first: %s)",
-                len(new), self.dataset, when, first,
+                len(new),
+                self.dataset,
+                when,
+                first,
             )
 
     def _tokenize(self) -> dict[str, list[TokenizedPair]]:

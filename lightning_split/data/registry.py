@@ -108,9 +108,11 @@ def builtin_path(relative: str) -> Path:
 
 
 def _looks_like_path(dataset: str) -> bool:
-    return os.sep in dataset or "/" in dataset or Path(dataset).suffix.lower() in {
-        ".jsonl", ".json", ".ndjson", ".csv", ".parquet"
-    }
+    return (
+        os.sep in dataset
+        or "/" in dataset
+        or Path(dataset).suffix.lower() in {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
+    )
 
 
 def resolve_dataset(dataset: str, data_dir: str | os.PathLike[str] | None = None) -> ResolvedDataset:
@@ -134,8 +136,7 @@ def resolve_dataset(dataset: str, data_dir: str | os.PathLike[str] | None = None
         if _looks_like_path(dataset):
             raise DataFileError(f"data file not found: {path} (current directory: {Path.cwd()})")
         raise DataFileError(
-            f"unknown dataset {dataset!r}: use one of {sorted(DATASETS)} "
-            "or the path of a .jsonl/.csv/.parquet file"
+            f"unknown dataset {dataset!r}: use one of {sorted(DATASETS)} or the path of a .jsonl/.csv/.parquet file"
         )
     spec = DATASETS[dataset]
     if spec.builtin:

@@ -18,8 +18,14 @@ from lightning_split.data.pairs import DataFileError, PolarityPair
 from lightning_split.data.registry import DatasetSpec
 
 SPLIT_NAMES = ("train", "validation", "test")
-_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation",
-            "dev": "validation", "test": "test"}
+_ALIASES = {
+    "train": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "test": "test",
+}
 
 
 @dataclass
@@ -190,8 +196,11 @@ def split_train_test(
     if train_size is None:
         train_size = len(train_pool) - val_size
     parts = draw(train_pool, [("validation", val_size), ("train", train_size)], seed, stratify, "train file")
-    test = list(test_pool) if test_size is None else draw(test_pool, [("test", test_size)], seed, stratify,
-                                                          "test file")["test"]
+    test = (
+        list(test_pool)
+        if test_size is None
+        else draw(test_pool, [("test", test_size)], seed, stratify, "test file")["test"]
+    )
     return Splits(train=parts["train"], validation=parts["validation"], test=test)
 
 
@@ -222,9 +231,7 @@ def split_by_field(
     for pair in pairs:
         value = pair.metadata.get(field_name)
         if value not in _ALIASES:
-            raise DataFileError(
-                f"{pair.where}: field {field_name!r} is {value!r}, expected one of {SPLIT_NAMES}"
-            )
+            raise DataFileError(f"{pair.where}: field {field_name!r} is {value!r}, expected one of {SPLIT_NAMES}")
         groups[_ALIASES[value]].append(pair)
     out = Splits()
     for name, size in zip(SPLIT_NAMES, sizes):
@@ -266,8 +273,9 @@ def split_dataset(
     everything = [p for pool in pools.values() for p in pool]
     stratify = spec.stratify if spec.stratify is not None or spec.split_field else auto_stratify(everything)
     if "train" in pools:
-        return split_train_test(pools["train"], pools.get("test", []), train_size, val_size or 0, test_size,
-                                seed, stratify)
+        return split_train_test(
+            pools["train"], pools.get("test", []), train_size, val_size or 0, test_size, seed, stratify
+        )
     pool = pools["all"]
     split_field = spec.split_field
     if split_field is None and pool and all("split" in p.metadata for p in pool):

@@ -67,9 +67,7 @@ def render_prompt(tokenizer: Any, question: str, system_prompt: str | None = Non
     Returns:
         The rendered prompt text.
     """
-    return tokenizer.apply_chat_template(
-        _messages(question, system_prompt), add_generation_prompt=True, tokenize=False
-    )
+    return tokenizer.apply_chat_template(_messages(question, system_prompt), add_generation_prompt=True, tokenize=False)
 
 
 def end_of_turn_text(tokenizer: Any, system_prompt: str | None = None) -> str:

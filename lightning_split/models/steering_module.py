@@ -354,12 +354,15 @@ class SteeringModule(L.LightningModule):
             token_mask = torch.zeros_like(attn, dtype=torch.float32)
         gen = self.generation
         sampling = {"do_sample": True, "temperature": gen["temperature"]} if gen["do_sample"] else {}
-        with torch.no_grad(), steer(
-            self.layout,
-            self.control,
-            torch.full((len(batch),), float(multiplier), device=self.device),
-            token_mask=token_mask,
-            generated_value=generated_value_for(self.positions),
+        with (
+            torch.no_grad(),
+            steer(
+                self.layout,
+                self.control,
+                torch.full((len(batch),), float(multiplier), device=self.device),
+                token_mask=token_mask,
+                generated_value=generated_value_for(self.positions),
+            ),
         ):
             out = self.backbone.generate(
                 input_ids=ids,

@@ -67,7 +67,9 @@ class SteeringModule(L.LightningModule):
             The control is never quantized and stays float32.
         prepare_kbit: run peft's ``prepare_model_for_kbit_training`` on a quantized backbone (norms and
             embeddings upcast to float32, the QLoRA recipe); ``None``: for the ``lora`` form only.
-        attn_implementation: ``sdpa`` or ``eager``.
+        attn_implementation: ``sdpa`` or ``eager``; ``None``: the architecture's default (``sdpa`` where
+            transformers supports it, ``eager`` otherwise, e.g. Gemma-2). Flash attention cannot take the
+            packed pair mask.
         reuse_lower_layers: compute the frozen blocks below the control once per pair and reuse them
             across epochs (exact; only for architectures where it is, see ``ModelLayout``).
         blocks_path: layout override for unknown architectures (dotted path to the block list).
@@ -99,7 +101,7 @@ class SteeringModule(L.LightningModule):
         dtype: str = "float32",
         quantization: str | None = None,
         prepare_kbit: bool | None = None,
-        attn_implementation: str = "sdpa",
+        attn_implementation: str | None = None,
         reuse_lower_layers: bool = True,
         blocks_path: str | None = None,
         down_proj_path: str | None = None,

@@ -120,15 +120,31 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.pairs, args.steps, args.layer, args.dataset,
-                                 args.device)))
+        print(
+            json.dumps(run_one(args.one[0], args.one[1], args.pairs, args.steps, args.layer, args.dataset, args.device))
+        )
         return
 
     results = []
     for form in args.forms:
         for mode in ("plain", "optimised", "optimised-cached"):
-            cmd = [sys.executable, __file__, "--one", form, mode, "--pairs", str(args.pairs), "--steps",
-                   str(args.steps), "--layer", str(args.layer), "--dataset", args.dataset, "--device", args.device]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                form,
+                mode,
+                "--pairs",
+                str(args.pairs),
+                "--steps",
+                str(args.steps),
+                "--layer",
+                str(args.layer),
+                "--dataset",
+                args.dataset,
+                "--device",
+                args.device,
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             print(results[-1], flush=True)

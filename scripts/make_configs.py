@@ -150,7 +150,7 @@ def demo_config() -> dict:
 GPU_RUNS: dict[str, dict] = {
     "gpu/qwen2.5-7b-instruct/psychopathy-split-lora-nf4.yaml": {
         "title": "SPLIT · LoRA · Psychopathy · Qwen2.5-7B-Instruct layer 14 · 4-bit · one 24 GB GPU",
-        "memory": "about 13 GB of GPU memory (estimate, docs/scaling.md): fits one 24 GB consumer GPU",
+        "memory": "about 13.4 GiB of GPU memory with a 20 % margin (estimate, docs/scaling.md): one 24 GB GPU",
         "backbone": "Qwen/Qwen2.5-7B-Instruct",
         "layer": 14,
         "dataset": "psychopathy",
@@ -165,7 +165,7 @@ GPU_RUNS: dict[str, dict] = {
     },
     "gpu/gemma-2-9b-it/power-seeking-split-lora-nf4-ddp2.yaml": {
         "title": "SPLIT · LoRA · PowerSeeking · Gemma-2-9B-it layer 20 · 4-bit · DDP on 2 GPUs",
-        "memory": "about 15 GB per GPU (estimate, docs/scaling.md): 2 GPUs with 16 GB or more",
+        "memory": "about 17.9 GiB per GPU with a 20 % margin (estimate, docs/scaling.md): 2 GPUs of 24 GB",
         "backbone": "google/gemma-2-9b-it",
         "layer": 20,
         "dataset": "power-seeking",

@@ -111,6 +111,12 @@ def _check_grid(multipliers: Sequence[float]) -> list[float]:
     return grid
 
 
+def _check_has_zero(multipliers: Sequence[float]) -> None:
+    """Curves are read against the unsteered model: the grid must contain m = 0."""
+    if 0.0 not in [float(m) for m in multipliers]:
+        raise ValueError(f"the multiplier grid must contain 0 (the unsteered model): {list(multipliers)}")
+
+
 def _losses(lp: PairLogProbs, reduction: Reduction) -> tuple[torch.Tensor, torch.Tensor]:
     l_pos = pair_nll(lp.logp_pos.double(), lp.len_pos, reduction)
     l_neg = pair_nll(lp.logp_neg.double(), lp.len_neg, reduction)
@@ -206,41 +212,29 @@ def sweep_losses(
     check_reduction(reduction)
     if chunk_multipliers is not None and chunk_multipliers < 1:
         raise ValueError(f"chunk_multipliers must be >= 1, got {chunk_multipliers}")
-    device = torch.device(device) if device is not None else model_device(scorer)
     start = scorer.start_layer(control)
-    n_batches = _total(batches)
-    pos_parts: list[torch.Tensor] = []
-    neg_parts: list[torch.Tensor] = []
-    index_parts: list[torch.Tensor] = []
-    with torch.no_grad(), _eval_mode(control), _progress(progress, n_batches, "multiplier sweep") as advance:
-        for batch in batches:
-            batch = batch.to(device)
-            size = len(batch)
-            if size == 0:
-                continue
-            packed = scorer.pack(batch)
-            states = None
-            if start > 0:
-                states = lower(batch, packed, start) if lower is not None else scorer.lower_states(packed, start)
-            k = chunk_multipliers or default_chunk(size, len(grid), max_rows)
-            l_pos = torch.empty(len(grid), size, dtype=torch.float64)
-            l_neg = torch.empty(len(grid), size, dtype=torch.float64)
-            for first in range(0, len(grid), k):
-                chunk = grid[first : first + k]
-                copies = len(chunk)
-                m = torch.tensor(chunk, dtype=torch.float32, device=device).repeat_interleave(size)
-                rows = repeat_packed(packed, copies)
-                rows_lower = states.repeat(copies, 1, 1) if states is not None else None
-                lp = scorer.score_packed(rows, control, m, positions, rows_lower)
-                lp_pos, lp_neg = _losses(lp, reduction)
-                l_pos[first : first + copies] = lp_pos.view(copies, size)
-                l_neg[first : first + copies] = lp_neg.view(copies, size)
-            pos_parts.append(l_pos)
-            neg_parts.append(l_neg)
-            index_parts.append(batch.index.detach().cpu())
-            if advance is not None:
-                advance(1)
-    return _collect(grid, pos_parts, neg_parts, index_parts, reduction)
+
+    def batch_losses(batch: PairBatch, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        packed = scorer.pack(batch)
+        states = None
+        if start > 0:
+            states = lower(batch, packed, start) if lower is not None else scorer.lower_states(packed, start)
+        k = chunk_multipliers or default_chunk(size, len(grid), max_rows)
+        l_pos = torch.empty(len(grid), size, dtype=torch.float64)
+        l_neg = torch.empty(len(grid), size, dtype=torch.float64)
+        for first in range(0, len(grid), k):
+            chunk = grid[first : first + k]
+            copies = len(chunk)
+            m = torch.tensor(chunk, dtype=torch.float32, device=device).repeat_interleave(size)
+            rows = repeat_packed(packed, copies)
+            rows_lower = states.repeat(copies, 1, 1) if states is not None else None
+            lp = scorer.score_packed(rows, control, m, positions, rows_lower)
+            lp_pos, lp_neg = _losses(lp, reduction)
+            l_pos[first : first + copies] = lp_pos.view(copies, size)
+            l_neg[first : first + copies] = lp_neg.view(copies, size)
+        return l_pos, l_neg
+
+    return _run(scorer, control, batches, grid, reduction, progress, device, "multiplier sweep", batch_losses)
 
 
 def plain_sweep_losses(
@@ -261,38 +255,49 @@ def plain_sweep_losses(
     """
     grid = _check_grid(multipliers)
     check_reduction(reduction)
+
+    def batch_losses(batch: PairBatch, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        l_pos = torch.empty(len(grid), size, dtype=torch.float64)
+        l_neg = torch.empty(len(grid), size, dtype=torch.float64)
+        for row, m in enumerate(grid):
+            mult = torch.full((size,), m, dtype=torch.float32, device=device)
+            lp = plain_pair_logprobs(scorer.model, scorer.layout, batch, control, mult, positions, scorer.pad_id)
+            l_pos[row], l_neg[row] = _losses(lp, reduction)
+        return l_pos, l_neg
+
+    return _run(scorer, control, batches, grid, reduction, progress, device, "plain sweep", batch_losses)
+
+
+BatchLosses = Callable[[PairBatch, int, torch.device], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _run(
+    scorer: PairScorer,
+    control: Sequence[Intervention],
+    batches: Iterable[PairBatch],
+    grid: list[float],
+    reduction: Reduction,
+    progress: bool,
+    device: torch.device | str | None,
+    description: str,
+    batch_losses: BatchLosses,
+) -> SweepLosses:
+    """The loop both sweeps share: ``batch_losses`` gives each non-empty batch's ``[n_m, B]`` losses."""
     device = torch.device(device) if device is not None else model_device(scorer)
     pos_parts: list[torch.Tensor] = []
     neg_parts: list[torch.Tensor] = []
     index_parts: list[torch.Tensor] = []
-    n_batches = _total(batches)
-    with torch.no_grad(), _eval_mode(control), _progress(progress, n_batches, "plain sweep") as advance:
+    with torch.no_grad(), _eval_mode(control), _progress(progress, _total(batches), description) as advance:
         for batch in batches:
             batch = batch.to(device)
-            size = len(batch)
-            if size == 0:
+            if len(batch) == 0:
                 continue
-            l_pos = torch.empty(len(grid), size, dtype=torch.float64)
-            l_neg = torch.empty(len(grid), size, dtype=torch.float64)
-            for row, m in enumerate(grid):
-                mult = torch.full((size,), m, dtype=torch.float32, device=device)
-                lp = plain_pair_logprobs(scorer.model, scorer.layout, batch, control, mult, positions, scorer.pad_id)
-                l_pos[row], l_neg[row] = _losses(lp, reduction)
+            l_pos, l_neg = batch_losses(batch, len(batch), device)
             pos_parts.append(l_pos)
             neg_parts.append(l_neg)
             index_parts.append(batch.index.detach().cpu())
             if advance is not None:
                 advance(1)
-    return _collect(grid, pos_parts, neg_parts, index_parts, reduction)
-
-
-def _collect(
-    grid: list[float],
-    pos_parts: list[torch.Tensor],
-    neg_parts: list[torch.Tensor],
-    index_parts: list[torch.Tensor],
-    reduction: Reduction,
-) -> SweepLosses:
     if not pos_parts:
         raise ValueError("the sweep got no pairs")
     return SweepLosses(
@@ -318,8 +323,7 @@ def curve_from_losses(losses: SweepLosses, eps: float = DEFAULT_EPS, **metadata:
             ``model``, ``extra``); ``reduction`` comes from ``losses``.
     """
     grid = losses.multipliers
-    if 0.0 not in grid:
-        raise ValueError(f"the multiplier grid must contain 0 (the unsteered model): {grid}")
+    _check_has_zero(grid)
     prefs, utils, clamped, accuracy = [], [], [], []
     for row in range(len(grid)):
         l_pos, l_neg = losses.l_pos[row], losses.l_neg[row]
@@ -382,8 +386,7 @@ def sweep(
         ...               [-2, -1, 0, 1, 2], positions=module.positions, reduction="mean")
         >>> curve.preference, curve.utility
     """
-    if 0.0 not in [float(m) for m in multipliers]:
-        raise ValueError(f"the multiplier grid must contain 0 (the unsteered model): {list(multipliers)}")
+    _check_has_zero(multipliers)
     losses = sweep_losses(
         scorer,
         control,
@@ -413,8 +416,7 @@ def plain_sweep(
     **metadata: Any,
 ) -> TradeoffCurve:
     """:func:`sweep` the plain way (reference): a full forward per completion and multiplier, full logits."""
-    if 0.0 not in [float(m) for m in multipliers]:
-        raise ValueError(f"the multiplier grid must contain 0 (the unsteered model): {list(multipliers)}")
+    _check_has_zero(multipliers)
     losses = plain_sweep_losses(scorer, control, batches, multipliers, positions, reduction, progress, device)
     return curve_from_losses(losses, eps, **metadata)
 

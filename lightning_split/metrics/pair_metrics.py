@@ -35,6 +35,13 @@ from lightning_split.metrics.functional import (
 _F64 = torch.float64
 
 
+def _valid_eps(eps: float) -> float:
+    """The floor of the UtilOdds denominator, checked to lie in (0, 1)."""
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"eps must be in (0, 1), got {eps}")
+    return eps
+
+
 class PerPairValues(NamedTuple):
     """Per-pair values gathered from every rank.
 
@@ -261,9 +268,7 @@ class UtilityLogOdds(PairMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(reduction=reduction, keep_per_pair=keep_per_pair, **kwargs)
-        if not 0.0 < eps < 1.0:
-            raise ValueError(f"eps must be in (0, 1), got {eps}")
-        self.eps = eps
+        self.eps = _valid_eps(eps)
         self.add_state("clamped_total", torch.zeros((), dtype=_F64), dist_reduce_fx="sum")
         if keep_per_pair:
             self.add_state("pair_clamped", [], dist_reduce_fx="cat")
@@ -330,9 +335,7 @@ class ClampedPairCount(PairMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(reduction=reduction, keep_per_pair=keep_per_pair, **kwargs)
-        if not 0.0 < eps < 1.0:
-            raise ValueError(f"eps must be in (0, 1), got {eps}")
-        self.eps = eps
+        self.eps = _valid_eps(eps)
 
     def _pair_values(self, l_pos: Tensor, l_neg: Tensor) -> Tensor:
         return utility_log_odds(l_pos, l_neg, self.eps)[1].to(_F64)

@@ -15,6 +15,7 @@ one-process run over the same pairs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_split.analysis import COLUMNS, TradeoffCurve, best_multiplier, write_report
+from lightning_split.analysis import COLUMNS, CurveFit, TradeoffCurve, best_multiplier, fit_curve, write_report
 from lightning_split.data.batch import PairBatch
 from lightning_split.sweep import DEFAULT_MAX_ROWS, SweepLosses, curve_from_losses, sweep_losses
 
@@ -100,6 +101,13 @@ def gather_losses(pl_module: L.LightningModule, losses: SweepLosses) -> SweepLos
     )
 
 
+def _first_batches(loader: Iterable[PairBatch], num_batches: Sequence[int | float]) -> Iterable[PairBatch]:
+    """``loader`` cut to the trainer's batch count for it (``num_batches[0]``), when that is finite."""
+    if num_batches and math.isfinite(num_batches[0]):
+        return itertools.islice(loader, int(num_batches[0]))
+    return loader
+
+
 def _first_loader(loaders: Any) -> Any:
     """The first dataloader when Lightning holds several (a list/tuple/dict of them)."""
     if isinstance(loaders, dict):
@@ -117,7 +125,8 @@ class TradeoffCurveCallback(Callback):
             largest multiplier of the module's training grid (``pl_module.multipliers``), e.g.
             ``-2, -1.6, …, 2`` for the default grid ``{0.2, …, 2.0}``.
         every_n_val_epochs: sweep after every N-th validation epoch (0: never during fit).
-        max_pairs: sweep at most this many pairs of each split (``None``: all).
+        max_pairs: sweep at most this many pairs of each split (``None``: every pair the trainer evaluates;
+            ``limit_val_batches`` / ``limit_test_batches`` apply to the sweep too).
         max_utility_drop: utility budget (log-odds) of the selected multiplier
             (:func:`~lightning_split.analysis.best_multiplier`).
         signs: multipliers the selection considers: ``positive`` or ``both``.
@@ -199,11 +208,12 @@ class TradeoffCurveCallback(Callback):
         tag = f"val-epoch{trainer.current_epoch:03d}"
         if tag in self.reports:  # several validations in one epoch (val_check_interval < 1)
             tag = f"{tag}-step{trainer.global_step:07d}"
-        self.run(trainer, pl_module, "val", _first_loader(trainer.val_dataloaders), tag)
+        self.run(trainer, pl_module, "val", _first_loader(trainer.val_dataloaders), tag, trainer.num_val_batches)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         if self.on_test:
-            self.run(trainer, pl_module, "test", _first_loader(trainer.test_dataloaders), "test")
+            loader = _first_loader(trainer.test_dataloaders)
+            self.run(trainer, pl_module, "test", loader, "test", trainer.num_test_batches)
 
     # ----------------------------------------------------------------- work
     def run(
@@ -213,10 +223,13 @@ class TradeoffCurveCallback(Callback):
         stage: Stage,
         loader: Iterable[PairBatch] | None,
         tag: str,
+        num_batches: Sequence[int | float] = (),
     ) -> dict[str, Path] | None:
         """Sweeps ``loader``'s pairs (this rank's shard), gathers them, and on rank 0 writes and logs.
 
-        Every rank must call this (it gathers). Returns the report paths on rank 0, else ``None``.
+        Every rank must call this (it gathers). ``num_batches``: the trainer's batch counts per loader (the
+        first one bounds the sweep, as ``limit_*_batches`` bounds evaluation). Returns the report paths on
+        rank 0, else ``None``.
         """
         scorer, control = getattr(pl_module, "scorer", None), getattr(pl_module, "control", None)
         if scorer is None or control is None or loader is None:
@@ -229,7 +242,7 @@ class TradeoffCurveCallback(Callback):
         losses = sweep_losses(
             scorer,
             control,
-            limited(loader, per_rank),
+            limited(_first_batches(loader, num_batches), per_rank),
             self.grid(pl_module),
             positions=getattr(pl_module, "positions", "all"),
             reduction=hparams.get("nll_reduction", "mean"),
@@ -242,11 +255,12 @@ class TradeoffCurveCallback(Callback):
         if not trainer.is_global_zero:
             return None
         curve = curve_from_losses(losses, **self._metadata(trainer, pl_module, stage))
-        paths = write_report(curve, out_dir, self.max_utility_drop, self.signs)
+        fits = fit_curve(curve)
+        paths = write_report(curve, out_dir, self.max_utility_drop, self.signs, fits)
         paths = {"dir": out_dir, **paths}
         self.last_curve, self.last_report = curve, paths
         self.reports[tag] = paths
-        self._log(trainer, curve, stage, paths)
+        self._log(trainer, curve, stage, paths, fits)
         return paths
 
     def _root(self, trainer: L.Trainer) -> Path:
@@ -282,8 +296,11 @@ class TradeoffCurveCallback(Callback):
         }
 
     # ----------------------------------------------------------------- logging
-    def scalars(self, curve: TradeoffCurve, stage: Stage) -> dict[str, float]:
-        """The scalars logged for a curve: the selection under the utility budget and every grid value."""
+    def scalars(
+        self, curve: TradeoffCurve, stage: Stage, fits: dict[str, CurveFit | str] | None = None
+    ) -> dict[str, float]:
+        """The scalars logged for a curve: the selection under the utility budget, every grid value, and the
+        R² of the preference and utility fits (``fits``, from :func:`fit_curve`) that could be made."""
         selection = best_multiplier(curve, self.max_utility_drop, self.signs)
         prefix = f"tradeoff/{stage}"
         out = {
@@ -303,10 +320,20 @@ class TradeoffCurveCallback(Callback):
                 out[f"{prefix}/{column}@m={m}"] = float(row[column])  # type: ignore[arg-type]
             if row["anti_steerable"] is not None:
                 out[f"{prefix}/anti_steerable@m={m}"] = float(row["anti_steerable"])
+        for kind, fit in (fits or {}).items():
+            if isinstance(fit, CurveFit):
+                out[f"{prefix}/fit_r2_{kind}"] = fit.r2
         return out
 
-    def _log(self, trainer: L.Trainer, curve: TradeoffCurve, stage: Stage, paths: dict[str, Path]) -> None:
-        scalars = self.scalars(curve, stage)
+    def _log(
+        self,
+        trainer: L.Trainer,
+        curve: TradeoffCurve,
+        stage: Stage,
+        paths: dict[str, Path],
+        fits: dict[str, CurveFit | str],
+    ) -> None:
+        scalars = self.scalars(curve, stage, fits)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
             if _is_wandb(logger):

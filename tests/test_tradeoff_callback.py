@@ -31,7 +31,7 @@ from lightning_split.callbacks import TradeoffCurveCallback, default_grid
 from lightning_split.callbacks.tradeoff import dedupe, limited
 
 from lightning_split import SplitSteering
-from lightning_split.analysis import COLUMNS, TradeoffCurve
+from lightning_split.analysis import COLUMNS, CurveFit, TradeoffCurve, fit_curve
 from lightning_split.data.datamodule import PolarityDataModule
 from lightning_split.sweep import SweepLosses
 from tests.pair_batches import random_pair_batch
@@ -228,6 +228,14 @@ def test_callback_default_grid_max_pairs_and_epoch_interval(tiny_backbone_dir, s
     assert len(rows) == 1
     assert float(rows[0]["tradeoff/val/preference@m=2"]) == pytest.approx(curve.preference[-1])
     assert float(rows[0]["tradeoff/val/n_pairs"]) == 2
+    fits = fit_curve(curve)  # the fits' R² are logged next to the report that shows them
+    assert isinstance(fits["preference"], CurveFit)
+    for kind in ("preference", "utility"):
+        logged = rows[0].get(f"tradeoff/val/fit_r2_{kind}")
+        if isinstance(fits[kind], CurveFit):
+            assert float(logged) == pytest.approx(fits[kind].r2, rel=1e-6)
+        else:
+            assert not logged
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -294,3 +302,22 @@ def test_ddp_two_processes_give_the_single_process_curve(tiny_backbone_dir, sent
 
 if __name__ == "__main__":
     _run_test_sweep(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+
+
+def test_callback_sweeps_only_the_batches_the_trainer_evaluates(
+    tiny_backbone_dir, sentiment_like_jsonl, tmp_path
+) -> None:
+    L.seed_everything(0, verbose=False)
+    model = _module(tiny_backbone_dir)
+    data = PolarityDataModule(dataset=str(sentiment_like_jsonl), batch_size=4, eval_batch_size=2)
+    callback = TradeoffCurveCallback(multipliers=[-1.0, 0.0, 1.0], output_dir=str(tmp_path / "curves"))
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, callbacks=[callback], enable_checkpointing=False,
+        enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=1, limit_test_batches=2,
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(model, data)
+    trainer.test(model, data)
+    assert len(data.tokenized("validation")) > 2 and len(data.tokenized("test")) > 4
+    assert TradeoffCurve.from_json(tmp_path / "curves" / "val-epoch000" / "curve.json").n_pairs == [2] * 3
+    assert TradeoffCurve.from_json(tmp_path / "curves" / "test" / "curve.json").n_pairs == [4] * 3

@@ -86,8 +86,29 @@ def best_multiplier(curve: TradeoffCurve, max_utility_drop: float, signs: Signs 
     )
 
 
+def fit_curve(curve: TradeoffCurve) -> dict[str, CurveFit | str]:
+    """The preference and utility fits of a curve, keyed ``"preference"`` and ``"utility"``.
+
+    A fit that cannot be made (too few distinct multipliers, non-finite means) is the error message instead.
+    """
+    fits: dict[str, CurveFit | str] = {}
+    for kind, fitter, values in (
+        ("preference", fit_preference, curve.preference),
+        ("utility", fit_utility, curve.utility),
+    ):
+        try:
+            fits[kind] = fitter(curve.multipliers, values)
+        except ValueError as error:
+            fits[kind] = str(error)
+    return fits
+
+
 def write_report(
-    curve: TradeoffCurve, out_dir: str | Path, max_utility_drop: float, signs: Signs = "positive"
+    curve: TradeoffCurve,
+    out_dir: str | Path,
+    max_utility_drop: float,
+    signs: Signs = "positive",
+    fits: dict[str, CurveFit | str] | None = None,
 ) -> dict[str, Path]:
     """Writes ``curve.json``, ``curve.csv``, ``report.md`` and the PNG plots into ``out_dir``.
 
@@ -99,6 +120,7 @@ def write_report(
         out_dir: Output folder, created if missing.
         max_utility_drop: Utility budget passed to :func:`best_multiplier`.
         signs: Sign option passed to :func:`best_multiplier`.
+        fits: the curve's :func:`fit_curve` result when already computed.
 
     Returns:
         Paths keyed ``"curve_json"``, ``"curve_csv"``, ``"report_md"``, ``"preference_png"``,
@@ -107,15 +129,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     selection = best_multiplier(curve, max_utility_drop, signs)
-    fits: dict[str, CurveFit | str] = {}
-    for kind, fitter, values in (
-        ("preference", fit_preference, curve.preference),
-        ("utility", fit_utility, curve.utility),
-    ):
-        try:
-            fits[kind] = fitter(curve.multipliers, values)
-        except ValueError as error:
-            fits[kind] = str(error)
+    fits = fit_curve(curve) if fits is None else fits
     made = {kind: fit for kind, fit in fits.items() if isinstance(fit, CurveFit)}
     paths = {
         "curve_json": curve.to_json(out_dir / "curve.json"),

@@ -332,7 +332,7 @@ def main() -> None:
             f"Command: `python scripts/bench_precision.py --append-doc` ({args.threads} torch threads; "
             "the step column says how many warm-up and measured steps each row ran)\n\n"
             f"Machine: {machine}; load average (1/5/15 min) {start_load} at the start, {end_load} at the end: "
-            "the machine is shared with other jobs, so times are noisy and only their ratios are meaningful.\n\n"
+            "a load above the core count means other jobs ran and the times are inflated.\n\n"
             "Setup: `SplitSteering(form='lora', rank=4)` at the middle block, embedded sentiment pairs, batch 4, "
             "bidirectional (8 packed rows a step), CPU bitsandbytes kernels (compute dtype float32 for int8/NF4). "
             "`weights` counts tensor bytes (quantization constants included); `loaded` and `train peak` are "

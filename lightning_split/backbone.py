@@ -570,7 +570,7 @@ def load_backbone(
     start = time.perf_counter()
     with _load_errors(name_or_path, source, from_hub):
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **hub_kwargs)
-        tokenizer = fix_tokenizer(AutoTokenizer.from_pretrained(source, **hub_kwargs))
+    tokenizer = load_tokenizer(name_or_path, cache_dir)  # the source is resolved (and converted) already
     model.eval()
     model.requires_grad_(False)
     log.info(

@@ -214,7 +214,8 @@ def sweep_losses(
         raise ValueError(f"chunk_multipliers must be >= 1, got {chunk_multipliers}")
     start = scorer.start_layer(control)
 
-    def batch_losses(batch: PairBatch, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_losses(batch: PairBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        size = len(batch)
         packed = scorer.pack(batch)
         states = None
         if start > 0:
@@ -256,7 +257,8 @@ def plain_sweep_losses(
     grid = _check_grid(multipliers)
     check_reduction(reduction)
 
-    def batch_losses(batch: PairBatch, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_losses(batch: PairBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        size = len(batch)
         l_pos = torch.empty(len(grid), size, dtype=torch.float64)
         l_neg = torch.empty(len(grid), size, dtype=torch.float64)
         for row, m in enumerate(grid):
@@ -268,7 +270,7 @@ def plain_sweep_losses(
     return _run(scorer, control, batches, grid, reduction, progress, device, "plain sweep", batch_losses)
 
 
-BatchLosses = Callable[[PairBatch, int, torch.device], tuple[torch.Tensor, torch.Tensor]]
+BatchLosses = Callable[[PairBatch, torch.device], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _run(
@@ -292,7 +294,7 @@ def _run(
             batch = batch.to(device)
             if len(batch) == 0:
                 continue
-            l_pos, l_neg = batch_losses(batch, len(batch), device)
+            l_pos, l_neg = batch_losses(batch, device)
             pos_parts.append(l_pos)
             neg_parts.append(l_neg)
             index_parts.append(batch.index.detach().cpu())

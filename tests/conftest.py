@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -131,3 +133,13 @@ def smollm2_dir() -> Path:
 def gemma3_270m_dir() -> Path:
     """Folder of the converted Gemma-3-270M base model (first conversion about 40 s: the tokenizer)."""
     return _converted_registered_model("gemma3-270m")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny models run in microseconds per op, and on a busy machine intra-op
+    threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -27,13 +25,7 @@ from tests.tiny_models import make_tiny_model
 GRID = [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run in microseconds per op; on a busy machine intra-op threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(control: torch.nn.Module, seed: int = 1) -> None:

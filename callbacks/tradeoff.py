@@ -269,11 +269,11 @@ class TradeoffCurveCallback(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "tradeoff"
 
     def _lower_fn(self, pl_module: L.LightningModule, stage: Stage) -> Any:
-        cache = getattr(pl_module, "_lower_cache", None)
-        scorer = pl_module.scorer  # type: ignore[attr-defined]
-        if not self.use_lower_cache or cache is None:
+        """The module's content-keyed lower-state cache (``lower_states_fn``), shared by every split."""
+        lower_states_fn = getattr(pl_module, "lower_states_fn", None)
+        if not self.use_lower_cache or lower_states_fn is None:
             return None
-        return lambda batch, packed, start: cache.states(stage, batch.index, packed, start, scorer.lower_states)
+        return lower_states_fn()
 
     def _metadata(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> dict[str, Any]:
         layers = list(getattr(pl_module, "control_layers", []) or [])

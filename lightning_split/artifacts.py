@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .data.tokenize import PairTokenizer
+from .generation import generate_steered
 from .interventions import intervention_from_config
 from .layout import ModelLayout, discover_layout
 
@@ -95,7 +97,7 @@ def load_control(directory: str | Path, layout: ModelLayout) -> tuple[nn.ModuleL
 
 @dataclass
 class SteeredModel:
-    """A backbone with a loaded control: score or generate at any multiplier."""
+    """A backbone with a loaded control: score (:meth:`logits`) or generate (:meth:`generate`) at any multiplier."""
 
     model: nn.Module
     tokenizer: Any
@@ -131,6 +133,55 @@ class SteeredModel:
         m = torch.full((input_ids.shape[0],), float(multiplier))
         with torch.no_grad(), steer(self.layout, self.control, m, token_mask=token_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def generate(
+        self,
+        prompts: list[str] | str,
+        multipliers: list[float] | float = 1.0,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Steered replies to every (prompt, multiplier) combination, decoded together in one batch.
+
+        Each prompt is a user turn, rendered with the tokenizer's chat template as in training; each row
+        carries its own multiplier and the control steers the positions it was trained with
+        (``self.positions``). Replies stop at the end of the turn or after ``max_new_tokens`` tokens.
+
+        Args:
+            prompts: one prompt or several.
+            multipliers: one ``m`` or several; 0 gives the unsteered backbone's reply.
+            max_new_tokens: most generated tokens per reply.
+            do_sample: sample instead of greedy decoding.
+            temperature: sampling temperature (only with ``do_sample``).
+            seed: seeds the sampling (``None``: torch's current RNG state).
+
+        Returns:
+            One dict per combination, ``{"prompt", "multiplier", "text"}``, prompt by prompt and, for each
+            prompt, in the order of ``multipliers``.
+        """
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        grid = [float(multipliers)] if isinstance(multipliers, (int, float)) else [float(m) for m in multipliers]
+        if not texts or not grid:
+            raise ValueError(f"generate needs at least one prompt and one multiplier (got {texts!r}, {grid!r})")
+        encoder = PairTokenizer(self.tokenizer)
+        prompt_ids = [encoder.prompt_ids(text) for text in texts]
+        rows = [(i, m) for i in range(len(texts)) for m in grid]
+        replies = generate_steered(
+            self.model,
+            self.tokenizer,
+            self.layout,
+            self.control,
+            [prompt_ids[i] for i, _ in rows],
+            torch.tensor([m for _, m in rows]),
+            self.positions,  # type: ignore[arg-type]
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            seed=seed,
+        )
+        return [{"prompt": texts[i], "multiplier": m, "text": reply} for (i, m), reply in zip(rows, replies)]
 
 
 def load_steered(directory: str | Path, backbone: str | None = None, **backbone_options: Any) -> SteeredModel:

@@ -38,6 +38,7 @@ from .engine import PairLogProbs, PairScorer, plain_pair_logprobs
 from .interventions.base import Intervention
 from .metrics.functional import (
     DEFAULT_EPS,
+    DEFAULT_REDUCTION,
     Reduction,
     anti_steerable_fraction,
     check_reduction,
@@ -182,7 +183,7 @@ def sweep_losses(
     batches: Iterable[PairBatch],
     multipliers: Sequence[float],
     positions: Positions = "all",
-    reduction: Reduction = "mean",
+    reduction: Reduction = DEFAULT_REDUCTION,
     chunk_multipliers: int | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
@@ -244,7 +245,7 @@ def plain_sweep_losses(
     batches: Iterable[PairBatch],
     multipliers: Sequence[float],
     positions: Positions = "all",
-    reduction: Reduction = "mean",
+    reduction: Reduction = DEFAULT_REDUCTION,
     progress: bool = False,
     device: torch.device | str | None = None,
 ) -> SweepLosses:
@@ -361,7 +362,7 @@ def sweep(
     batches: Iterable[PairBatch],
     multipliers: Sequence[float],
     positions: Positions = "all",
-    reduction: Reduction = "mean",
+    reduction: Reduction = DEFAULT_REDUCTION,
     chunk_multipliers: int | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
@@ -411,7 +412,7 @@ def plain_sweep(
     batches: Iterable[PairBatch],
     multipliers: Sequence[float],
     positions: Positions = "all",
-    reduction: Reduction = "mean",
+    reduction: Reduction = DEFAULT_REDUCTION,
     progress: bool = False,
     device: torch.device | str | None = None,
     eps: float = DEFAULT_EPS,

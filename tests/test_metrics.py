@@ -149,7 +149,7 @@ def test_batched_updates_equal_one_update(reduction: str) -> None:
 
 def test_forward_gives_batch_value_and_accumulates() -> None:
     pairs = make_pairs(n=20, seed=3)
-    metric = PreferenceLogOdds()
+    metric = PreferenceLogOdds("sum")
     first = metric(**as_torch(pairs, slice(0, 8)))
     metric(**as_torch(pairs, slice(8, 20)))
     l_pos, l_neg = -pairs["logp_pos"], -pairs["logp_neg"]
@@ -166,7 +166,7 @@ def test_metric_attributes() -> None:
 
 
 def test_pair_accuracy_ties_are_wrong() -> None:
-    metric = PairAccuracy()
+    metric = PairAccuracy("sum")
     metric.update(torch.tensor([-1.0, -2.0, -3.0, -1.0]), torch.tensor([-2.0, -2.0, -1.0, -1.5]))
     assert metric.compute().item() == pytest.approx(0.5)
 
@@ -177,7 +177,7 @@ def test_mean_mode_needs_lengths() -> None:
 
 
 def test_nan_pair_is_visible_and_not_clamped() -> None:
-    metric = UtilityLogOdds()
+    metric = UtilityLogOdds("sum")
     metric.update(torch.tensor([-1.0, math.nan]), torch.tensor([-2.0, -3.0]))
     assert math.isnan(metric.compute().item()) and metric.clamped_count() == 0
 
@@ -241,13 +241,13 @@ def test_per_pair_sorted_by_index_with_clamp_mask() -> None:
 
 def test_per_pair_needs_keep_per_pair_and_consistent_index() -> None:
     with pytest.raises(RuntimeError, match="keep_per_pair"):
-        PreferenceLogOdds().per_pair()
-    metric = PreferenceLogOdds(keep_per_pair=True)
+        PreferenceLogOdds("sum").per_pair()
+    metric = PreferenceLogOdds("sum", keep_per_pair=True)
     metric.update(torch.tensor([-1.0]), torch.tensor([-2.0]), index=torch.tensor([0]))
     metric.update(torch.tensor([-1.0]), torch.tensor([-2.0]))
     with pytest.raises(RuntimeError, match="some updates"):
         metric.per_pair()
-    no_index = PreferenceLogOdds(keep_per_pair=True)
+    no_index = PreferenceLogOdds("sum", keep_per_pair=True)
     no_index.update(torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.0]))
     assert no_index.per_pair().index is None and no_index.per_pair().values.tolist() == [1.0, -1.0]
 
@@ -266,15 +266,15 @@ def test_anti_steerable_fraction_function() -> None:
 
 
 def test_anti_steerable_fraction_method_aligns_by_index() -> None:
-    at_0 = PreferenceLogOdds(keep_per_pair=True)
-    at_m = PreferenceLogOdds(keep_per_pair=True)
+    at_0 = PreferenceLogOdds("sum", keep_per_pair=True)
+    at_m = PreferenceLogOdds("sum", keep_per_pair=True)
     # PrefOdds at 0 for pairs 0..3: [1, 1, 1, 1]; at m (fed in another order): [2, 0, 3, 0.5].
     at_0.update(torch.tensor([-1.0] * 4), torch.tensor([-2.0] * 4), index=torch.arange(4))
     at_m.update(torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -5.0]), index=torch.tensor([3, 2]))
     at_m.update(torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -2.0]), index=torch.tensor([0, 1]))
     assert at_m.anti_steerable_fraction(at_0, m=1.0).item() == pytest.approx(0.5)
     assert at_m.anti_steerable_fraction(at_0, m=-1.0).item() == pytest.approx(0.5)
-    other = PreferenceLogOdds(keep_per_pair=True)
+    other = PreferenceLogOdds("sum", keep_per_pair=True)
     other.update(torch.tensor([-1.0] * 4), torch.tensor([-2.0] * 4), index=torch.arange(1, 5))
     with pytest.raises(ValueError, match="indices"):
         at_m.anti_steerable_fraction(other, m=1.0)

@@ -110,7 +110,7 @@ def test_qlora_preparation_gives_float32_hidden_states_the_hook_handles(
     data.set_tokenizer(module.tokenizer)
     batch = next(iter(data.train_dataloader()))
     module.control[0].lora_B.weight.data.normal_(0, 0.1)  # a non-zero update so that gradients reach A
-    scores = module.score("train", batch, torch.ones(len(batch)))
+    scores = module.score(batch, torch.ones(len(batch)))
     (-scores.logp_pos.mean()).backward()
     assert set(seen) == {torch.float32 if prepare else torch.bfloat16}
     for p in module.control.parameters():

@@ -7,9 +7,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+
+from ..metrics.functional import DEFAULT_REDUCTION, Reduction, check_reduction
 
 COLUMNS: tuple[str, ...] = (
     "multiplier",
@@ -64,7 +66,7 @@ class TradeoffCurve:
     clamped: list[int]
     n_pairs: list[int]
     anti_steerable: list[float | None] | None = None
-    reduction: Literal["sum", "mean"] = "sum"
+    reduction: Reduction = DEFAULT_REDUCTION
     split: str = ""
     form: str = ""
     objective: str = ""
@@ -76,8 +78,7 @@ class TradeoffCurve:
 
     def __post_init__(self) -> None:
         n = len(self.multipliers)
-        if self.reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
+        check_reduction(self.reduction)
         for name in _PER_MULTIPLIER:
             values = getattr(self, name)
             if values is not None and len(values) != n:

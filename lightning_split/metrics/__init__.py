@@ -6,6 +6,7 @@ DDP); the functions are the stateless formulas they use, for the sweep engine an
 
 from lightning_split.metrics.functional import (
     DEFAULT_EPS,
+    DEFAULT_REDUCTION,
     REDUCTIONS,
     Reduction,
     anti_steerable_fraction,
@@ -25,6 +26,7 @@ from lightning_split.metrics.pair_metrics import (
 
 __all__ = [
     "DEFAULT_EPS",
+    "DEFAULT_REDUCTION",
     "REDUCTIONS",
     "ClampedPairCount",
     "PairAccuracy",

@@ -24,6 +24,9 @@ Reduction = Literal["sum", "mean"]
 
 REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 
+DEFAULT_REDUCTION: Reduction = "mean"
+"""The reduction everything defaults to (module, metrics, sweep, curves): per-token mean NLL, the authors' code."""
+
 DEFAULT_EPS: float = 1e-8
 """Floor for the UtilOdds denominator ``1 - e^{-L_p} - e^{-L_n}`` (same value as the third-party code)."""
 
@@ -45,7 +48,7 @@ def check_reduction(reduction: str) -> Reduction:
     return reduction  # type: ignore[return-value]
 
 
-def pair_nll(logp: Tensor, length: Tensor | None = None, reduction: Reduction = "sum") -> Tensor:
+def pair_nll(logp: Tensor, length: Tensor | None = None, reduction: Reduction = DEFAULT_REDUCTION) -> Tensor:
     """Turns summed completion log-likelihoods into the losses ``L`` of SPEC §2.
 
     Args:

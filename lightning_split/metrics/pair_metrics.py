@@ -23,6 +23,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from lightning_split.metrics.functional import (
     DEFAULT_EPS,
+    DEFAULT_REDUCTION,
     Reduction,
     anti_steerable_fraction,
     check_reduction,
@@ -90,7 +91,7 @@ class PairMetric(Metric):
     value_sum: Tensor
     pair_total: Tensor
 
-    def __init__(self, reduction: Reduction = "sum", keep_per_pair: bool = False, **kwargs: Any) -> None:
+    def __init__(self, reduction: Reduction = DEFAULT_REDUCTION, keep_per_pair: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.reduction: Reduction = check_reduction(reduction)
         self.keep_per_pair = keep_per_pair
@@ -262,7 +263,7 @@ class UtilityLogOdds(PairMetric):
 
     def __init__(
         self,
-        reduction: Reduction = "sum",
+        reduction: Reduction = DEFAULT_REDUCTION,
         eps: float = DEFAULT_EPS,
         keep_per_pair: bool = False,
         **kwargs: Any,
@@ -329,7 +330,7 @@ class ClampedPairCount(PairMetric):
 
     def __init__(
         self,
-        reduction: Reduction = "sum",
+        reduction: Reduction = DEFAULT_REDUCTION,
         eps: float = DEFAULT_EPS,
         keep_per_pair: bool = False,
         **kwargs: Any,

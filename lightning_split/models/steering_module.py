@@ -23,13 +23,15 @@ from ..artifacts import CONTROL_DIRNAME, control_metadata, save_control
 from ..backbone import load_backbone
 from ..data.batch import PairBatch, repeat_batch
 from ..engine import PairLogProbs, PairScorer
+from ..generation import generate_steered
 from ..interventions import FORMS, build_control
 from ..layout import ModelLayout, discover_layout, middle_layer
-from ..metrics import PairAccuracy, PreferenceLogOdds, UtilityLogOdds
+from ..metrics import DEFAULT_REDUCTION, PairAccuracy, PreferenceLogOdds, Reduction, UtilityLogOdds
 from ..objectives.base import Objective
 from ..placement import backbone_device_map, backbone_dtype, check_precision_plugin
 from ..quantization import prepare_for_kbit_training
-from ..steering import POSITIONS, Positions, generated_value_for, steer
+from ..steering import POSITIONS, Positions
+from ..sweep import LowerFn
 from .pair_cache import LowerStateCache, ReferenceCache
 
 DEFAULT_MULTIPLIERS: tuple[float, ...] = tuple(round(0.2 * k, 1) for k in range(1, 11))
@@ -95,7 +97,7 @@ class SteeringModule(L.LightningModule):
         positions: Literal["all", "completion", "prompt"] = "all",
         multipliers: list[float] | None = None,
         eval_multiplier: float = 1.0,
-        nll_reduction: Literal["mean", "sum"] = "mean",
+        nll_reduction: Reduction = DEFAULT_REDUCTION,
         lr: float = 0.01,
         weight_decay: float = 0.0,
         dtype: str = "float32",
@@ -199,10 +201,11 @@ class SteeringModule(L.LightningModule):
         self.scorer = PairScorer(model, self.layout, pad_id=pad_id, reuse_lower=hp.reuse_lower_layers)
 
     def setup(self, stage: str) -> None:
-        """Loads the backbone early and hands its tokenizer to the data module."""
+        """Loads the backbone early, empties the per-pair caches and hands the tokenizer to the data module."""
         if self._trainer is not None:
             check_precision_plugin(self.trainer, self.hparams.quantization)
         self.configure_model()
+        self.clear_caches()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer"):
             datamodule.set_tokenizer(self.tokenizer)
@@ -253,7 +256,6 @@ class SteeringModule(L.LightningModule):
 
     def score(
         self,
-        split: str,
         batch: PairBatch,
         multiplier: torch.Tensor,
         copies: int = 1,
@@ -267,18 +269,33 @@ class SteeringModule(L.LightningModule):
         lower = None
         if start > 0:
             base = self.scorer.pack(batch) if copies > 1 else packed
-            lower = self._lower_cache.states(split, batch.index, base, start, self.scorer.lower_states)
-            lower = lower.repeat(copies, 1, 1)
+            lower = self.lower_states_fn()(batch, base, start).repeat(copies, 1, 1)
         return self.scorer.score_packed(packed, self.control, multiplier, self.positions, lower, ablate)
 
-    def reference(self, split: str, batch: PairBatch, like: PairLogProbs) -> PairLogProbs:
-        """Unsteered log-probabilities of ``batch`` (computed once per pair, then cached)."""
+    def lower_states_fn(self) -> LowerFn:
+        """``lower(batch, packed, start)``: the input of block ``start`` for ``packed``, from the lower cache.
+
+        Rows are keyed by their content (:mod:`~lightning_split.models.pair_cache`), so any pairs may be
+        passed; the trade-off sweep uses it to share the states computed by validation and test steps.
+        """
+        scorer = self.scorer
+        assert scorer is not None, "the backbone is not loaded: call configure_model() first"
+        return lambda batch, packed, start: self._lower_cache.states(scorer.model, packed, start, scorer.lower_states)
+
+    def reference(self, batch: PairBatch, like: PairLogProbs) -> PairLogProbs:
+        """Unsteered log-probabilities of ``batch`` (computed once per distinct pair, then cached)."""
+        assert self.scorer is not None
 
         def compute() -> PairLogProbs:
             with torch.no_grad():
-                return self.score(split, batch, torch.zeros(len(batch), device=self.device))
+                return self.score(batch, torch.zeros(len(batch), device=self.device))
 
-        return self._reference_cache.logprobs(split, batch.index, like, compute)
+        return self._reference_cache.logprobs(self.scorer.model, self.scorer.pack(batch), like, compute)
+
+    def clear_caches(self) -> None:
+        """Empties the lower-state and reference caches (done when each Trainer run starts: see ``setup``)."""
+        self._lower_cache.clear()
+        self._reference_cache.clear()
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
@@ -289,12 +306,12 @@ class SteeringModule(L.LightningModule):
         ablate = None
         if any(p.ablate for p in passes):
             ablate = torch.cat([torch.full((size,), p.ablate, device=self.device) for p in passes])
-        steered = self.score("train", batch, m, copies=len(passes), ablate=ablate)
+        steered = self.score(batch, m, copies=len(passes), ablate=ablate)
         per_pass = [steered.select(slice(k * size, (k + 1) * size)) for k in range(len(passes))]
         per_pass = [lp.swapped() if p.swaps else lp for lp, p in zip(per_pass, passes)]
         reference = None
         if self.objective.needs_reference:
-            base = self.reference("train", batch, per_pass[0] if not passes[0].swaps else per_pass[0].swapped())
+            base = self.reference(batch, per_pass[0] if not passes[0].swaps else per_pass[0].swapped())
             reference = [base.swapped() if p.swaps else base for p in passes]
         loss, logs = self.objective(per_pass, reference)
         self.log("train/loss", logs.pop("loss"), prog_bar=True, batch_size=size)
@@ -324,8 +341,8 @@ class SteeringModule(L.LightningModule):
     def _evaluate(self, stage: str, batch: PairBatch) -> None:
         m = torch.full((len(batch),), float(self.hparams.eval_multiplier), device=self.device)
         with torch.no_grad():
-            steered = self.score(stage, batch, m)
-        base = self.reference(stage, batch, steered)
+            steered = self.score(batch, m)
+        base = self.reference(batch, steered)
         for at, lp in (("steered", steered), ("base", base)):
             for name, metric in self.metrics[f"{stage}_{at}"].items():
                 metric.update(lp.logp_pos, lp.logp_neg, lp.len_pos, lp.len_neg)
@@ -341,40 +358,20 @@ class SteeringModule(L.LightningModule):
     def generate(self, batch: PairBatch, multiplier: float) -> list[str]:
         """Greedy (or sampled) steered continuations of the prompts of ``batch`` at ``multiplier``."""
         assert self.backbone is not None and self.layout is not None and self.control is not None
-        lengths = batch.prompt_mask.sum(1)
-        width = int(lengths.max())
-        pad = self.scorer.pad_id if self.scorer is not None else 0
-        ids = torch.full((len(batch), width), pad, dtype=torch.long, device=self.device)
-        attn = torch.zeros_like(ids)
-        for i, n in enumerate(lengths.tolist()):
-            ids[i, width - n :] = batch.prompt_ids[i, :n]
-            attn[i, width - n :] = 1
-        token_mask = None
-        if self.positions == "prompt":
-            token_mask = attn.float()
-        elif self.positions == "completion":
-            token_mask = torch.zeros_like(attn, dtype=torch.float32)
+        prompts = [batch.prompt_ids[i, :n] for i, n in enumerate(batch.prompt_mask.sum(1).tolist())]
         gen = self.generation
-        sampling = {"do_sample": True, "temperature": gen["temperature"]} if gen["do_sample"] else {}
-        with (
-            torch.no_grad(),
-            steer(
-                self.layout,
-                self.control,
-                torch.full((len(batch),), float(multiplier), device=self.device),
-                token_mask=token_mask,
-                generated_value=generated_value_for(self.positions),
-            ),
-        ):
-            out = self.backbone.generate(
-                input_ids=ids,
-                attention_mask=attn,
-                max_new_tokens=gen["max_new_tokens"],
-                pad_token_id=pad,
-                do_sample=bool(gen["do_sample"]),
-                **sampling,
-            )
-        return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        return generate_steered(
+            self.backbone,
+            self.tokenizer,
+            self.layout,
+            self.control,
+            prompts,
+            torch.full((len(batch),), float(multiplier)),
+            self.positions,
+            max_new_tokens=gen["max_new_tokens"],
+            do_sample=bool(gen["do_sample"]),
+            temperature=gen["temperature"],
+        )
 
     def predict_step(self, batch: PairBatch, batch_idx: int) -> list[dict[str, Any]]:
         prompts = [

@@ -297,3 +297,27 @@ def test_states_stay_float64_when_module_is_cast_to_bf16() -> None:
     np.testing.assert_allclose(module["util"].compute().item(), expected, rtol=1e-12)
     module["util"].reset()
     assert module["util"].value_sum.dtype == torch.float64
+
+
+# ---------------------------------------------------------------- one default reduction
+
+
+def test_every_nll_reduction_default_is_the_one_constant() -> None:
+    import inspect
+
+    from lightning_split import SteeringModule
+    from lightning_split.analysis import TradeoffCurve
+    from lightning_split.metrics import DEFAULT_REDUCTION
+    from lightning_split.sweep import plain_sweep, plain_sweep_losses, sweep, sweep_losses
+
+    assert DEFAULT_REDUCTION == "mean"
+    defaults = {
+        f.__qualname__: inspect.signature(f).parameters["reduction"].default
+        for f in (pair_nll, sweep_losses, plain_sweep_losses, sweep, plain_sweep, TradeoffCurve)
+    }
+    defaults["SteeringModule"] = inspect.signature(SteeringModule).parameters["nll_reduction"].default
+    assert defaults == dict.fromkeys(defaults, DEFAULT_REDUCTION)
+    for cls in (PreferenceLogOdds, UtilityLogOdds, PairAccuracy, ClampedPairCount):
+        assert cls().reduction == DEFAULT_REDUCTION, cls
+    logp, length = torch.tensor([-6.0]), torch.tensor([3])
+    assert pair_nll(logp, length).item() == 2.0  # the per-token mean

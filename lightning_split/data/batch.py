@@ -21,7 +21,7 @@ class PairBatch:
         pos_mask: ``[B, Cp]`` 1 for real completion tokens: the completion-only loss mask of ``A_p``.
         neg_ids: ``[B, Cn]`` tokens of the not-matching completion ``A_n``.
         neg_mask: ``[B, Cn]`` the completion-only loss mask of ``A_n``.
-        index: ``[B]`` row index of each pair inside its split (stable across epochs; used for caches).
+        index: ``[B]`` row index of each pair inside its split (stable across epochs; seeds the multiplier draws).
     """
 
     prompt_ids: torch.Tensor

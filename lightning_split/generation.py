@@ -15,29 +15,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data.tokenize import end_of_turn_text, has_chat_template
+from .data.tokenize import PairTokenizer
 from .interventions.base import Intervention
 from .layout import ModelLayout
 from .steering import POSITIONS, Positions, generated_value_for, steer
 
 
-def pad_token_id(tokenizer: Any) -> int:
-    """The id that pads prompts: the tokenizer's pad token, else its EOS token, else 0."""
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def stop_token_ids(tokenizer: Any, model: nn.Module) -> list[int]:
-    """Ids that end a reply: the tokenizer's EOS, the first token of the chat template's end-of-turn text
-    (``<|im_end|>``, ``<end_of_turn>``) and the EOS ids of the model's generation config."""
-    stops: set[int] = set()
+    """Ids that end a reply: the tokenizer's EOS, the first token of the end-of-turn text the pairs are trained
+    with (``<|im_end|>``, ``<end_of_turn>``) and the EOS ids of the model's generation config."""
+    end_of_turn = PairTokenizer(tokenizer).end_of_turn
+    stops = set(tokenizer.encode(end_of_turn, add_special_tokens=False)[:1])
     if tokenizer.eos_token_id is not None:
         stops.add(int(tokenizer.eos_token_id))
-    if has_chat_template(tokenizer):
-        end = tokenizer.encode(end_of_turn_text(tokenizer), add_special_tokens=False)
-        stops.update(end[:1])
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if config_eos is not None:
         stops.update(int(i) for i in ([config_eos] if isinstance(config_eos, int) else config_eos))
@@ -124,7 +114,7 @@ def generate_steered(
     m = torch.as_tensor(multipliers, dtype=torch.float32, device=device).reshape(-1)
     if m.numel() != len(prompts):
         raise ValueError(f"got {m.numel()} multipliers for {len(prompts)} prompts: pass one per row")
-    pad_id = pad_token_id(tokenizer)
+    pad_id = PairTokenizer(tokenizer).pad_id
     ids, attention = left_pad(prompts, pad_id, device)
     stops = stop_token_ids(tokenizer, model)
     sampling = {"do_sample": True, "temperature": float(temperature)} if do_sample else {"do_sample": False}

@@ -134,7 +134,7 @@ def test_embedded_default_dataset(monkeypatch, smollm2_tokenizer, sentiment_like
     if not shipped.is_file():  # until the embedded file lands, use one of the same shape
         monkeypatch.setattr(registry, "builtin_path", lambda rel: sentiment_like_jsonl)
     dm = PolarityDataModule()
-    assert dm.hparams.dataset == "sentiment"
+    assert dm.dataset == "sentiment" and dm.hparams.dataset is None  # unset means the embedded set
     dm.set_tokenizer(smollm2_tokenizer)
     dm.setup()
     sizes = dm.report()["sizes"]

@@ -97,8 +97,9 @@ class PolarityDataModule(L.LightningDataModule):
     """Polarity pairs from a named dataset or a file, split with a seed and tokenised for the model.
 
     The tokenizer normally comes from the model, which calls :meth:`set_tokenizer` (or sets
-    :attr:`tokenizer`); ``tokenizer`` may also name one to load. :meth:`setup` reads, validates and splits
-    the data (no tokenizer needed); tokenisation happens as soon as a tokenizer is known, at the latest when
+    :attr:`tokenizer`); ``tokenizer`` may also name one to load. The data is read, validated and split when
+    the module is built (:meth:`read`; no tokenizer needed), so a bad file fails before training starts;
+    tokenisation happens as soon as a tokenizer is known, at the latest when
     a dataloader is requested. With ``skip_bad_rows`` unusable rows, including pairs over ``max_length``,
     are left out, logged as a warning with their count and listed in :attr:`skipped`; without it the first
     one raises :class:`~lightning_split.data.pairs.BadRowError`.
@@ -213,6 +214,7 @@ class PolarityDataModule(L.LightningDataModule):
         self._tokenizer: Any = None
         self._tokenizer_name: str | None = None
         self.tokenizer = tokenizer
+        self.read()
 
     # ---- tokenizer -------------------------------------------------------------------------------------
     @property
@@ -254,11 +256,14 @@ class PolarityDataModule(L.LightningDataModule):
         return self._pair_tokenizer
 
     # ---- reading and splitting -------------------------------------------------------------------------
-    def setup(self, stage: str | None = None) -> None:
-        """Reads, validates and splits the data (once), and tokenises it if a tokenizer is known.
+    def read(self) -> Splits:
+        """Reads, validates and splits the data (once; the module calls it when it is built).
 
-        Args:
-            stage: the Lightning stage (unused: every split is prepared).
+        Reading when the module is built means that a bad data file fails before training starts, before any
+        logger, checkpoint or run folder is created. The split sizes are printed once (on rank 0).
+
+        Returns:
+            The splits.
         """
         if self.splits is None:
             if self.split_files:
@@ -275,6 +280,15 @@ class PolarityDataModule(L.LightningDataModule):
             self.splits = split_dataset(self.resolved.spec, pools, train_size, val_size, test_size, self.seed)
             sizes = " / ".join(f"{n} {name}" for name, n in self.splits.sizes().items())
             rank_zero_info(f"dataset {self.resolved.spec.name}: {sizes} pairs (seed {self.seed})")
+        return self.splits
+
+    def setup(self, stage: str | None = None) -> None:
+        """Reads, validates and splits the data (if not done yet), and tokenises it if a tokenizer is known.
+
+        Args:
+            stage: the Lightning stage (unused: every split is prepared).
+        """
+        self.read()
         if self.tokenizer is not None:
             self._tokenize()
 

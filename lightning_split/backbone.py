@@ -584,7 +584,7 @@ def gguf_block_count(path: str | os.PathLike[str]) -> int | None:
             size = struct.calcsize(fmt)
             data = fh.read(size)
             if len(data) < size:
-                raise BackboneLoadError(f"{path}: the GGUF header is cut short (truncated file?); download or reinstall it")
+                raise BackboneLoadError(f"{path}: the GGUF header is cut short (truncated?); download or reinstall it")
             return struct.unpack(fmt, data)[0]
 
         def skip(value_type: int) -> None:

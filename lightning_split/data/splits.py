@@ -189,7 +189,7 @@ def split_files(
 
     A split with its own file takes the whole file, or a seeded sample of the size given. Without a validation
     file, validation is drawn from the train file first (``val_size``, default 10% of it) and train is the
-    rest (or ``train_size`` of it). A split without a file and without a source is empty.
+    rest (or ``train_size`` of it). Without a test file the test split is empty (likewise train).
 
     Args:
         pools: ``train``/``validation``/``test`` to the rows of that split's file (any may be missing).

@@ -488,68 +488,81 @@ def _hub_unreachable_reason() -> str | None:
     return None
 
 
-def check_hub_access(hub_id: str, cache_dir: str | None = None) -> None:
+def check_hub_access(hub_id: str, cache_dir: str | None = None) -> bool:
     """Fail at once, instead of after minutes of retries, when a hub model cannot be had.
 
-    With ``HF_HUB_OFFLINE`` set the model's ``config.json`` must be in the Hugging Face cache; otherwise the
-    hub's endpoint must accept a TCP connection within :data:`HUB_PROBE_SECONDS`.
+    With ``HF_HUB_OFFLINE`` set, the model's ``config.json`` must be in the Hugging Face cache. Otherwise the
+    hub's endpoint must accept a TCP connection within :data:`HUB_PROBE_SECONDS`; when it does not, a cached
+    model is used from the cache (with a warning) and an uncached one is refused.
 
     Args:
         hub_id: a Hugging Face hub id.
         cache_dir: the Hugging Face download cache (None: the default one).
 
+    Returns:
+        True when the model must be loaded from the local cache only (offline, or the hub unreachable).
+
     Raises:
-        BackboneLoadError: offline and not cached, or the hub cannot be reached; the message says what to do.
+        BackboneLoadError: the model is not cached and the hub is not to be asked or cannot be reached; the
+            message says what to do.
     """
     from huggingface_hub import constants, try_to_load_from_cache
 
+    cached = isinstance(try_to_load_from_cache(hub_id, "config.json", cache_dir=cache_dir), str)
     if constants.HF_HUB_OFFLINE:
-        if not isinstance(try_to_load_from_cache(hub_id, "config.json", cache_dir=cache_dir), str):
+        if not cached:
             raise BackboneLoadError(
                 f"{hub_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so the hub is not "
                 f"asked: unset HF_HUB_OFFLINE on a machine with network to download it once, or "
                 f"{_offline_alternatives()}"
             )
-        return
+        return True
     reason = _hub_unreachable_reason()
-    if reason is not None:
-        raise BackboneLoadError(
-            f"cannot load {hub_id!r}: the Hugging Face hub cannot be reached ({reason}). Without network, "
-            f"{_offline_alternatives()}, or set HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache"
-        )
+    if reason is None:
+        return False
+    if cached:
+        log.warning("the Hugging Face hub cannot be reached (%s); loading %s from the local cache", reason, hub_id)
+        return True
+    raise BackboneLoadError(
+        f"cannot load {hub_id!r}: the Hugging Face hub cannot be reached ({reason}) and the model is not in the "
+        f"local Hugging Face cache. Without network, {_offline_alternatives()}"
+    )
 
 
-def _resolve_source(name_or_path: str, cache_dir: str | None) -> tuple[str, bool]:
-    """Return ``(what from_pretrained loads, whether it is a hub id)``, converting GGUF files first.
+def _resolve_source(name_or_path: str, cache_dir: str | None) -> tuple[str, dict[str, Any] | None]:
+    """Return what ``from_pretrained`` loads and, for a hub id, its hub arguments (None for local sources).
 
-    A hub id is checked with :func:`check_hub_access` first, so an offline machine fails at once.
+    GGUF files are converted first. A hub id is checked with :func:`check_hub_access`, so an offline machine
+    fails at once (or loads a cached copy with ``local_files_only``).
     """
     if name_or_path in REGISTERED_MODELS:
         gguf = resolve_registered_model(name_or_path)
-        return str(convert_gguf(gguf, cache_dir, name=name_or_path)), False
+        return str(convert_gguf(gguf, cache_dir, name=name_or_path)), None
     expanded = os.path.expanduser(name_or_path)
     if expanded.lower().endswith(".gguf"):
         if not os.path.isfile(expanded):
             raise FileNotFoundError(f"GGUF file not found: {expanded}")
-        return str(convert_gguf(expanded, cache_dir)), False
+        return str(convert_gguf(expanded, cache_dir)), None
     if os.path.isdir(expanded):
-        return expanded, False
+        return expanded, None
     if os.path.exists(expanded) or not _HUB_ID.match(name_or_path):
         raise FileNotFoundError(
             f"{name_or_path!r} is not a model folder, a .gguf file, a registered name "
             f"({', '.join(REGISTERED_MODELS)}) or a hub id"
         )
-    check_hub_access(name_or_path, cache_dir)
-    return name_or_path, True
+    hub_kwargs: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
+    if check_hub_access(name_or_path, cache_dir):
+        hub_kwargs["local_files_only"] = True
+    return name_or_path, hub_kwargs
 
 
 @contextlib.contextmanager
-def _load_errors(name_or_path: str, source: str, from_hub: bool) -> Iterator[None]:
+def _load_errors(name_or_path: str, source: str, hub_kwargs: dict[str, Any] | None) -> Iterator[None]:
     """Turns ``from_pretrained``'s ``OSError`` into a :class:`BackboneLoadError` that says what to do."""
     try:
         yield
     except OSError as err:
-        if not from_hub:
+        if hub_kwargs is None:
             raise BackboneLoadError(f"could not load the model folder {source}: {err}") from err
         raise BackboneLoadError(
             f"could not load {name_or_path!r} from the Hugging Face hub (offline or unknown id?): {err}\n"
@@ -622,10 +635,10 @@ def gguf_block_count(path: str | os.PathLike[str]) -> int | None:
     return None
 
 
-def _config_num_layers(source: str, cache_dir: str | None = None) -> int | None:
+def _config_num_layers(source: str, hub_kwargs: dict[str, Any] | None = None) -> int | None:
     """``num_hidden_layers`` of the (text) config of a model folder or hub id; None for unknown architectures."""
     try:
-        config = AutoConfig.from_pretrained(source, cache_dir=cache_dir)
+        config = AutoConfig.from_pretrained(source, **(hub_kwargs or {}))
     except (ValueError, KeyError) as err:  # a model type transformers does not know (custom code)
         log.debug("config of %s not readable (%s); the layer is checked after loading", source, err)
         return None
@@ -663,11 +676,11 @@ def backbone_num_layers(name_or_path: str, cache_dir: str | None = None) -> int 
     if gguf is not None:
         converted = gguf_cache_path(gguf, cache_dir, name=name)
         return _config_num_layers(str(converted)) if _is_complete_cache(converted) else gguf_block_count(gguf)
-    source, from_hub = _resolve_source(name_or_path, cache_dir)
-    if not from_hub and not os.path.isfile(os.path.join(source, "config.json")):
+    source, hub_kwargs = _resolve_source(name_or_path, cache_dir)
+    if hub_kwargs is None and not os.path.isfile(os.path.join(source, "config.json")):
         raise FileNotFoundError(f"{source} has no config.json: it is not a model folder")
     try:
-        return _config_num_layers(source, cache_dir if from_hub else None)
+        return _config_num_layers(source, hub_kwargs)
     except OSError as err:  # an unknown or gated hub id
         raise BackboneLoadError(f"could not read the config of {name_or_path!r} from the hub: {err}") from err
 
@@ -683,10 +696,9 @@ def load_tokenizer(name_or_path: str, cache_dir: str | None = None) -> PreTraine
     Returns:
         The tokenizer, fixed by :func:`fix_tokenizer`.
     """
-    source, from_hub = _resolve_source(name_or_path, cache_dir)
-    hub_kwargs: dict[str, Any] = {"cache_dir": cache_dir} if from_hub and cache_dir else {}
-    with _load_errors(name_or_path, source, from_hub):
-        return fix_tokenizer(AutoTokenizer.from_pretrained(source, **hub_kwargs))
+    source, hub_kwargs = _resolve_source(name_or_path, cache_dir)
+    with _load_errors(name_or_path, source, hub_kwargs):
+        return fix_tokenizer(AutoTokenizer.from_pretrained(source, **(hub_kwargs or {})))
 
 
 def load_backbone(
@@ -729,7 +741,7 @@ def load_backbone(
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     torch_dtype = DTYPES[dtype]
-    source, from_hub = _resolve_source(name_or_path, cache_dir)
+    source, hub_kwargs = _resolve_source(name_or_path, cache_dir)
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     bnb = _quantization_config(quantization, torch_dtype)
@@ -739,11 +751,10 @@ def load_backbone(
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    hub_kwargs: dict[str, Any] = {"cache_dir": cache_dir} if from_hub and cache_dir else {}
 
     start = time.perf_counter()
-    with _load_errors(name_or_path, source, from_hub):
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **hub_kwargs)
+    with _load_errors(name_or_path, source, hub_kwargs):
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **(hub_kwargs or {}))
     tokenizer = load_tokenizer(name_or_path, cache_dir)  # the source is resolved (and converted) already
     model.eval()
     model.requires_grad_(False)

@@ -14,7 +14,7 @@ from typing import Any
 import huggingface_hub.constants
 import pytest
 
-from lightning_split.backbone import BackboneLoadError
+from lightning_split.backbone import BackboneLoadError, backbone_num_layers
 from lightning_split.models import SplitSteering
 from lightning_split.models.options import OptionError
 from tests.tiny_models import TINY_LAYERS, make_tiny_model
@@ -98,6 +98,21 @@ def test_unreachable_hub_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     start = time.perf_counter()
-    with pytest.raises(BackboneLoadError, match=r"hub cannot be reached \(http://127\.0\.0\.1:9.*HF_HUB_OFFLINE=1"):
+    with pytest.raises(BackboneLoadError, match=r"hub cannot be reached \(http://127\.0\.0\.1:9.*not in the local"):
         SplitSteering(backbone="some-org/some-model")
+    assert time.perf_counter() - start < 10
+
+
+def test_unreachable_hub_uses_a_cached_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A model already in the Hugging Face cache is read from it at once (no retries) when the hub is down."""
+    snapshot = tmp_path / "models--some-org--cached-model" / "snapshots" / "0123abc"
+    make_tiny_model("llama").config.save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    assert backbone_num_layers("some-org/cached-model", cache_dir=str(tmp_path)) == TINY_LAYERS
+    with pytest.raises(OptionError, match=f"cached-model has {TINY_LAYERS} blocks"):
+        SplitSteering(backbone="some-org/cached-model", cache_dir=str(tmp_path), layer=TINY_LAYERS)
     assert time.perf_counter() - start < 10

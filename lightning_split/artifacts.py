@@ -7,14 +7,18 @@ the control in a new process, ready to score or generate at any multiplier.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -51,36 +55,121 @@ def control_metadata(
     }
 
 
+class ControlFileError(ValueError):
+    """A saved control folder is missing a file or holds a damaged one; the message names the file and the remedy."""
+
+
+_REMEDY = "copy the control folder again from where it came, or train again to re-create it"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace_folder(new: Path, directory: Path) -> None:
+    """Puts the folder ``new`` at ``directory``; a control already there is moved aside and deleted only after.
+
+    Raises:
+        ControlFileError: ``directory`` exists and is not a saved control (it is never deleted).
+    """
+    old = None
+    if directory.exists():
+        if not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
+            raise ControlFileError(f"{directory} exists and is not a saved control; save the control elsewhere")
+        old = directory.with_name(f".{directory.name}-old-{os.getpid()}-{time.time_ns()}")
+        os.replace(directory, old)
+    try:
+        os.replace(new, directory)
+    except OSError:
+        if old is not None:
+            os.replace(old, directory)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_control(directory: str | Path, control: nn.ModuleList, metadata: dict[str, Any]) -> Path:
-    """Writes the control's tensors and metadata into ``directory`` atomically; returns the directory."""
+    """Writes the control's tensors and metadata into ``directory``; returns the directory.
+
+    Both files are written into a temporary folder beside ``directory``, which then takes its place: an earlier
+    control there stays whole until the new one is complete. The folder and files get the ordinary permissions
+    (``0777``/``0666`` less the umask), readable by colleagues like any other file.
+
+    Raises:
+        ControlFileError: ``directory`` exists and is not a saved control.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in control.state_dict().items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "lightning_split"})
-    (tmp / CONFIG_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
-    if directory.exists():
-        for child in directory.iterdir():
-            child.unlink()
-        directory.rmdir()
-    os.replace(tmp, directory)
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "lightning_split"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        mask = _umask()
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            os.chmod(tmp / name, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        _replace_folder(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
-    """Reads ``control.json`` of a saved control, with a clear error when it is not one."""
+    """Reads ``control.json`` of a saved control, with a clear error when it is not one.
+
+    Raises:
+        FileNotFoundError: there is no ``control.json``.
+        ControlFileError: it is not valid JSON, not of this format, or lacks the backbone or interventions.
+    """
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} is not a saved lightning_split control")
-    metadata = json.loads(path.read_text())
+    try:
+        metadata = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ControlFileError(f"{path} is damaged (not valid JSON: {err}); {_REMEDY}") from err
+    if not isinstance(metadata, dict):
+        raise ControlFileError(f"{path} holds a {type(metadata).__name__}, not a control's description; {_REMEDY}")
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported control format {metadata.get('format_version')!r}")
+        raise ControlFileError(
+            f"{path}: unsupported control format {metadata.get('format_version')!r} (this version reads "
+            f"{FORMAT_VERSION}); load it with the lightning_split version that saved it"
+        )
+    missing = [key for key in ("backbone", "form", "interventions") if not metadata.get(key)]
+    if missing:
+        raise ControlFileError(f"{path} lacks {missing}; {_REMEDY}")
     return metadata
 
 
+def check_weights(directory: str | Path) -> None:
+    """Checks that ``control.safetensors`` is there and whole (its header and the data it describes).
+
+    Only the header is read, so a truncated or foreign file is refused before any backbone is loaded.
+
+    Raises:
+        ControlFileError: the file is missing or damaged; the message names it and the remedy.
+    """
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ControlFileError(f"{path} not found: the control's tensors are missing; {_REMEDY}")
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError) as err:
+        raise ControlFileError(f"{path} is damaged (truncated or not a safetensors file: {err}); {_REMEDY}") from err
+
+
 def load_control(directory: str | Path, layout: ModelLayout) -> tuple[nn.ModuleList, dict[str, Any]]:
-    """Rebuilds a saved control for the backbone described by ``layout`` and loads its tensors."""
+    """Rebuilds a saved control for the backbone described by ``layout`` and loads its tensors.
+
+    Each intervention is put on the device of the block it edits (the backbone may be on a GPU, or spread
+    over several); the control stays float32.
+    """
     metadata = read_metadata(directory)
+    check_weights(directory)
     control = nn.ModuleList(intervention_from_config(cfg, layout) for cfg in metadata["interventions"])
     tensors = load_file(str(Path(directory) / WEIGHTS_FILE))
     try:
@@ -92,7 +181,16 @@ def load_control(directory: str | Path, layout: ModelLayout) -> tuple[nn.ModuleL
         ) from err
     if missing or unexpected:
         raise ValueError(f"{directory}: tensors do not match the control (missing {missing}, unexpected {unexpected})")
+    for intervention in control:
+        intervention.to(block_device(layout, intervention.layer))
     return control, metadata
+
+
+def block_device(layout: ModelLayout, layer: int) -> torch.device:
+    """The device holding block ``layer``'s weights (CPU for a block without any)."""
+    block = layout.block(layer)
+    first = next(itertools.chain(block.parameters(), block.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 @dataclass
@@ -190,11 +288,18 @@ def load_steered(directory: str | Path, backbone: str | None = None, **backbone_
     Args:
         directory: a folder written by :func:`save_control`.
         backbone: override the backbone recorded in the metadata.
-        **backbone_options: passed to :func:`lightning_split.backbone.load_backbone` (dtype, quantization…).
+        **backbone_options: passed to :func:`lightning_split.backbone.load_backbone` (dtype, quantization,
+            device_map…). The control goes to the device of the blocks it edits.
+
+    Raises:
+        FileNotFoundError: ``directory`` is not a saved control.
+        ControlFileError: ``control.json`` or ``control.safetensors`` is missing or damaged (checked before the
+            backbone loads).
     """
     from .backbone import load_backbone
 
     metadata = read_metadata(directory)
+    check_weights(directory)  # both files are checked before the backbone loads
     model, tokenizer = load_backbone(backbone or metadata["backbone"], **backbone_options)
     override = metadata.get("layout_override") or {}
     layout = discover_layout(model, **{k: v for k, v in override.items() if v})

@@ -27,15 +27,19 @@ import logging
 import os
 import re
 import shutil
+import socket
+import struct
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
@@ -51,14 +55,18 @@ CACHE_ENV = "LIGHTNING_SPLIT_CACHE"
 CACHE_FORMAT = 1
 _MARKER = "lightning_split_cache.json"
 _STALE_TMP_SECONDS = 3600
+#: Seconds to wait for a TCP connection to the Hugging Face hub before saying it cannot be reached.
+HUB_PROBE_SECONDS = 5.0
 
-DTYPES: dict[str, torch.dtype | str] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "auto": "auto",
-}
-QUANTIZATIONS = (None, "nf4", "nf4-dq", "int8")
+#: The backbone dtypes ``load_backbone`` accepts.
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+#: The bitsandbytes quantizations ``load_backbone`` accepts (besides None).
+Quantization = Literal["nf4", "nf4-dq", "int8"]
+#: The attention implementations the packed pair mask works with (flash attention cannot take it).
+AttnImplementation = Literal["sdpa", "eager"]
+
+DTYPES: dict[str, torch.dtype | str] = {name: getattr(torch, name, name) for name in get_args(Dtype)}  # "auto" stays
+QUANTIZATIONS = (None, *get_args(Quantization))
 
 
 class BackboneLoadError(RuntimeError):
@@ -463,39 +471,218 @@ def _quantization_config(quantization: str | None, dtype: torch.dtype | str) -> 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _resolve_source(name_or_path: str, cache_dir: str | None) -> tuple[str, bool]:
-    """Return ``(what from_pretrained loads, whether it is a hub id)``, converting GGUF files first."""
+def _offline_alternatives() -> str:
+    return f"use a local model folder, a .gguf file or a registered name ({', '.join(REGISTERED_MODELS)})"
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why a TCP connection to the hub endpoint fails (within :data:`HUB_PROBE_SECONDS`), or None if it works."""
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as err:
+        return f"{constants.ENDPOINT}: {err or type(err).__name__}"
+    return None
+
+
+def check_hub_access(hub_id: str, cache_dir: str | None = None) -> bool:
+    """Fail at once, instead of after minutes of retries, when a hub model cannot be had.
+
+    With ``HF_HUB_OFFLINE`` set, the model's ``config.json`` must be in the Hugging Face cache. Otherwise the
+    hub's endpoint must accept a TCP connection within :data:`HUB_PROBE_SECONDS`; when it does not, a cached
+    model is used from the cache (with a warning) and an uncached one is refused.
+
+    Args:
+        hub_id: a Hugging Face hub id.
+        cache_dir: the Hugging Face download cache (None: the default one).
+
+    Returns:
+        True when the model must be loaded from the local cache only (offline, or the hub unreachable).
+
+    Raises:
+        BackboneLoadError: the model is not cached and the hub is not to be asked or cannot be reached; the
+            message says what to do.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(hub_id, "config.json", cache_dir=cache_dir), str)
+    if constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise BackboneLoadError(
+                f"{hub_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so the hub is not "
+                f"asked: unset HF_HUB_OFFLINE on a machine with network to download it once, or "
+                f"{_offline_alternatives()}"
+            )
+        return True
+    reason = _hub_unreachable_reason()
+    if reason is None:
+        return False
+    if cached:
+        log.warning("the Hugging Face hub cannot be reached (%s); loading %s from the local cache", reason, hub_id)
+        return True
+    raise BackboneLoadError(
+        f"cannot load {hub_id!r}: the Hugging Face hub cannot be reached ({reason}) and the model is not in the "
+        f"local Hugging Face cache. Without network, {_offline_alternatives()}"
+    )
+
+
+def _resolve_source(name_or_path: str, cache_dir: str | None) -> tuple[str, dict[str, Any] | None]:
+    """Return what ``from_pretrained`` loads and, for a hub id, its hub arguments (None for local sources).
+
+    GGUF files are converted first. A hub id is checked with :func:`check_hub_access`, so an offline machine
+    fails at once (or loads a cached copy with ``local_files_only``).
+    """
     if name_or_path in REGISTERED_MODELS:
         gguf = resolve_registered_model(name_or_path)
-        return str(convert_gguf(gguf, cache_dir, name=name_or_path)), False
+        return str(convert_gguf(gguf, cache_dir, name=name_or_path)), None
     expanded = os.path.expanduser(name_or_path)
     if expanded.lower().endswith(".gguf"):
         if not os.path.isfile(expanded):
             raise FileNotFoundError(f"GGUF file not found: {expanded}")
-        return str(convert_gguf(expanded, cache_dir)), False
+        return str(convert_gguf(expanded, cache_dir)), None
     if os.path.isdir(expanded):
-        return expanded, False
+        return expanded, None
     if os.path.exists(expanded) or not _HUB_ID.match(name_or_path):
         raise FileNotFoundError(
             f"{name_or_path!r} is not a model folder, a .gguf file, a registered name "
             f"({', '.join(REGISTERED_MODELS)}) or a hub id"
         )
-    return name_or_path, True
+    hub_kwargs: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
+    if check_hub_access(name_or_path, cache_dir):
+        hub_kwargs["local_files_only"] = True
+    return name_or_path, hub_kwargs
 
 
 @contextlib.contextmanager
-def _load_errors(name_or_path: str, source: str, from_hub: bool) -> Iterator[None]:
+def _load_errors(name_or_path: str, source: str, hub_kwargs: dict[str, Any] | None) -> Iterator[None]:
     """Turns ``from_pretrained``'s ``OSError`` into a :class:`BackboneLoadError` that says what to do."""
     try:
         yield
     except OSError as err:
-        if not from_hub:
+        if hub_kwargs is None:
             raise BackboneLoadError(f"could not load the model folder {source}: {err}") from err
         raise BackboneLoadError(
             f"could not load {name_or_path!r} from the Hugging Face hub (offline or unknown id?): {err}\n"
             f"Offline, use a local model folder, a .gguf file or a registered name "
             f"({', '.join(REGISTERED_MODELS)}); set HF_HUB_OFFLINE=1 to fail fast without retries."
         ) from err
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_INTEGERS = (0, 1, 2, 3, 4, 5, 10, 11)
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_block_count(path: str | os.PathLike[str]) -> int | None:
+    """The number of blocks of a GGUF model (``<architecture>.block_count``), read from the file's header alone.
+
+    Only the metadata up to that key is parsed (milliseconds, where gguf-py's reader takes seconds).
+
+    Args:
+        path: the GGUF file.
+
+    Returns:
+        The block count, or None when the header does not give it (or is a GGUF version this reader does not
+        know).
+
+    Raises:
+        BackboneLoadError: the file is not a GGUF file or its header is cut short.
+    """
+    with open(path, "rb") as fh:
+
+        def unpack(fmt: str) -> Any:
+            size = struct.calcsize(fmt)
+            data = fh.read(size)
+            if len(data) < size:
+                raise BackboneLoadError(f"{path}: the GGUF header is cut short (truncated?); download or reinstall it")
+            return struct.unpack(fmt, data)[0]
+
+        def skip(value_type: int) -> None:
+            if value_type in _GGUF_SCALARS:
+                fh.seek(struct.calcsize(_GGUF_SCALARS[value_type]), os.SEEK_CUR)
+            elif value_type == _GGUF_STRING:
+                fh.seek(unpack("<Q"), os.SEEK_CUR)
+            elif value_type == _GGUF_ARRAY:
+                item_type, count = unpack("<I"), unpack("<Q")
+                if item_type in _GGUF_SCALARS:
+                    fh.seek(struct.calcsize(_GGUF_SCALARS[item_type]) * count, os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip(item_type)
+            else:
+                raise BackboneLoadError(f"{path}: unknown GGUF value type {value_type} in the header")
+
+        if fh.read(4) != b"GGUF":
+            raise BackboneLoadError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+        if unpack("<I") not in (2, 3):
+            return None
+        unpack("<Q")  # tensor count
+        architecture, counts = None, {}
+        for _ in range(unpack("<Q")):
+            key = fh.read(unpack("<Q")).decode("utf-8", errors="replace")
+            value_type = unpack("<I")
+            if key == "general.architecture" and value_type == _GGUF_STRING:
+                architecture = fh.read(unpack("<Q")).decode("utf-8", errors="replace")
+            elif key.endswith(".block_count") and value_type in _GGUF_INTEGERS:
+                counts[key] = int(unpack(_GGUF_SCALARS[value_type]))
+            else:
+                skip(value_type)
+            if architecture is not None and f"{architecture}.block_count" in counts:
+                return counts[f"{architecture}.block_count"]
+    return None
+
+
+def _config_num_layers(source: str, hub_kwargs: dict[str, Any] | None = None) -> int | None:
+    """``num_hidden_layers`` of the (text) config of a model folder or hub id; None for unknown architectures."""
+    try:
+        config = AutoConfig.from_pretrained(source, **(hub_kwargs or {}))
+    except (ValueError, KeyError) as err:  # a model type transformers does not know (custom code)
+        log.debug("config of %s not readable (%s); the layer is checked after loading", source, err)
+        return None
+    layers = getattr(config.get_text_config(), "num_hidden_layers", None)
+    return int(layers) if isinstance(layers, int) else None
+
+
+def backbone_num_layers(name_or_path: str, cache_dir: str | None = None) -> int | None:
+    """The number of decoder blocks of a backbone, read from its config without loading (or converting) it.
+
+    A registered name or ``.gguf`` file is read from its converted cache's ``config.json`` when there is one,
+    else from the GGUF header (:func:`gguf_block_count`); a folder from its ``config.json``; a hub id from
+    its config on the hub or in the Hugging Face cache, after :func:`check_hub_access`.
+
+    Args:
+        name_or_path: as in :func:`load_backbone`.
+        cache_dir: as in :func:`load_backbone`.
+
+    Returns:
+        The block count, or None when the config does not say (an architecture transformers does not know).
+
+    Raises:
+        ModelPackageMissingError: a registered model's package is missing.
+        FileNotFoundError: a path that does not exist, or a folder without ``config.json``.
+        BackboneLoadError: the hub cannot be reached, the id is unknown, or the file is not a GGUF model.
+    """
+    expanded = os.path.expanduser(name_or_path)
+    gguf: Path | None = None
+    if name_or_path in REGISTERED_MODELS:
+        gguf, name = resolve_registered_model(name_or_path), name_or_path
+    elif expanded.lower().endswith(".gguf"):
+        if not os.path.isfile(expanded):
+            raise FileNotFoundError(f"GGUF file not found: {expanded}")
+        gguf, name = Path(expanded), None
+    if gguf is not None:
+        converted = gguf_cache_path(gguf, cache_dir, name=name)
+        return _config_num_layers(str(converted)) if _is_complete_cache(converted) else gguf_block_count(gguf)
+    source, hub_kwargs = _resolve_source(name_or_path, cache_dir)
+    if hub_kwargs is None and not os.path.isfile(os.path.join(source, "config.json")):
+        raise FileNotFoundError(f"{source} has no config.json: it is not a model folder")
+    try:
+        return _config_num_layers(source, hub_kwargs)
+    except OSError as err:  # an unknown or gated hub id
+        raise BackboneLoadError(f"could not read the config of {name_or_path!r} from the hub: {err}") from err
 
 
 def load_tokenizer(name_or_path: str, cache_dir: str | None = None) -> PreTrainedTokenizerBase:
@@ -509,17 +696,16 @@ def load_tokenizer(name_or_path: str, cache_dir: str | None = None) -> PreTraine
     Returns:
         The tokenizer, fixed by :func:`fix_tokenizer`.
     """
-    source, from_hub = _resolve_source(name_or_path, cache_dir)
-    hub_kwargs: dict[str, Any] = {"cache_dir": cache_dir} if from_hub and cache_dir else {}
-    with _load_errors(name_or_path, source, from_hub):
-        return fix_tokenizer(AutoTokenizer.from_pretrained(source, **hub_kwargs))
+    source, hub_kwargs = _resolve_source(name_or_path, cache_dir)
+    with _load_errors(name_or_path, source, hub_kwargs):
+        return fix_tokenizer(AutoTokenizer.from_pretrained(source, **(hub_kwargs or {})))
 
 
 def load_backbone(
     name_or_path: str,
     *,
-    dtype: str = "float32",
-    quantization: str | None = None,
+    dtype: Dtype = "float32",
+    quantization: Quantization | None = None,
     cache_dir: str | None = None,
     device_map: dict | str | None = None,
     attn_implementation: str | None = None,
@@ -555,7 +741,7 @@ def load_backbone(
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     torch_dtype = DTYPES[dtype]
-    source, from_hub = _resolve_source(name_or_path, cache_dir)
+    source, hub_kwargs = _resolve_source(name_or_path, cache_dir)
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     bnb = _quantization_config(quantization, torch_dtype)
@@ -565,11 +751,10 @@ def load_backbone(
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    hub_kwargs: dict[str, Any] = {"cache_dir": cache_dir} if from_hub and cache_dir else {}
 
     start = time.perf_counter()
-    with _load_errors(name_or_path, source, from_hub):
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **hub_kwargs)
+    with _load_errors(name_or_path, source, hub_kwargs):
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **(hub_kwargs or {}))
     tokenizer = load_tokenizer(name_or_path, cache_dir)  # the source is resolved (and converted) already
     model.eval()
     model.requires_grad_(False)

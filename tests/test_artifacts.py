@@ -112,3 +112,117 @@ def test_folder_without_metadata_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match="control.json"):
         load_steered(tmp_path / "empty-folder")
+
+
+# --------------------------------------------------------------------------- damaged folders, atomic saves
+from lightning_split import artifacts  # noqa: E402
+from lightning_split.artifacts import ControlFileError, block_device, load_steered  # noqa: E402
+
+
+def _no_backbone_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the backbone was loaded before the control files were checked")
+
+    monkeypatch.setattr("lightning_split.backbone.load_backbone", refuse)
+
+
+@pytest.mark.parametrize("cut", [0, 7, 100, -1])
+def test_truncated_weights_are_refused_before_the_backbone_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: int
+) -> None:
+    _save_random_control("lora", make_tiny_model("llama"), "tiny", tmp_path / "control", seed=3)
+    weights = tmp_path / "control" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:cut])
+    _no_backbone_load(monkeypatch)
+    with pytest.raises(ControlFileError, match=rf"{WEIGHTS_FILE} is damaged .*copy the control folder again"):
+        load_steered(tmp_path / "control")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / WEIGHTS_FILE).unlink(), rf"{WEIGHTS_FILE} not found"),
+        (lambda d: (d / CONFIG_FILE).write_text('{"format_version": 1, "backbone": '), r"not valid JSON"),
+        (lambda d: (d / CONFIG_FILE).write_text("[1, 2]"), r"holds a list"),
+        (lambda d: (d / CONFIG_FILE).write_text('{"format_version": 1, "form": "lora"}'), r"lacks \['backbone'"),
+        (lambda d: (d / CONFIG_FILE).write_text('{"format_version": 99}'), r"unsupported control format 99"),
+    ],
+    ids=["no-weights", "cut-json", "json-list", "no-backbone", "format"],
+)
+def test_damaged_folder_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage, message: str) -> None:
+    directory = tmp_path / "control"
+    _save_random_control("vector", make_tiny_model("llama"), "tiny", directory, seed=4)
+    damage(directory)
+    _no_backbone_load(monkeypatch)
+    with pytest.raises(ControlFileError, match=message):
+        load_steered(directory)
+
+
+def _saved_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize("failing", ["save_file", "replace"])
+def test_failed_save_keeps_the_old_control_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    model = make_tiny_model("llama")
+    directory = tmp_path / "control"
+    _save_random_control("lora", model, "tiny", directory, seed=5)
+    before = _saved_bytes(directory)
+    if failing == "save_file":
+        monkeypatch.setattr(artifacts, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    else:
+        real_replace = os.replace
+
+        def replace(src: str | Path, dst: str | Path) -> None:
+            if Path(dst) == directory and Path(src).name.startswith(".control-") and "-old-" not in Path(src).name:
+                raise OSError("interrupted")
+            real_replace(src, dst)
+
+        monkeypatch.setattr(artifacts.os, "replace", replace)
+    with pytest.raises(OSError):
+        _save_random_control("lora", model, "tiny", directory, seed=6)
+    assert _saved_bytes(directory) == before, "the earlier control was damaged by a failed save"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["control"], "a temporary folder was left behind"
+
+
+def test_save_replaces_an_old_control_and_leaves_nothing_else(tmp_path: Path) -> None:
+    model = make_tiny_model("llama")
+    directory = tmp_path / "control"
+    _save_random_control("lora", model, "tiny", directory, seed=7)
+    first = _saved_bytes(directory)
+    _save_random_control("lora", model, "tiny", directory, seed=8)
+    assert _saved_bytes(directory) != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["control"]
+
+
+def test_save_refuses_a_folder_that_is_not_a_control(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("precious")
+    with pytest.raises(ControlFileError, match="is not a saved control"):
+        _save_random_control("vector", make_tiny_model("llama"), "tiny", tmp_path / "notes", seed=9)
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize(("umask", "folder", "files"), [(0o022, 0o755, 0o644), (0o007, 0o770, 0o660)])
+def test_saved_control_has_ordinary_permissions(tmp_path: Path, umask: int, folder: int, files: int) -> None:
+    old = os.umask(umask)
+    try:
+        _save_random_control("vector", make_tiny_model("llama"), "tiny", tmp_path / "control", seed=10)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "control").stat().st_mode & 0o777 == folder
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        assert (tmp_path / "control" / name).stat().st_mode & 0o777 == files
+
+
+def test_control_goes_to_the_device_of_its_block(tmp_path: Path) -> None:
+    """On CPU this checks the choice (each intervention follows its block's parameters); on CUDA, the move."""
+    model = make_tiny_model("llama")
+    _save_random_control("lora", model, "tiny", tmp_path / "control", seed=11)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        layout = discover_layout(model.to(device))
+        assert block_device(layout, LAYER).type == device
+        control, _ = load_control(tmp_path / "control", layout)
+        assert {p.device.type for p in control.parameters()} == {device}
+        assert {p.dtype for p in control.parameters()} == {torch.float32}

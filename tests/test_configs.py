@@ -10,7 +10,8 @@ import yaml
 
 from lightning_split.cli import SteeringCLI
 from lightning_split.data.datamodule import PolarityDataModule
-from lightning_split.models import SteeringModule
+from lightning_split.data.registry import DATA_DIR_ENV
+from lightning_split.models import SteeringModule, options
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -35,11 +36,18 @@ def test_committed_configs_match_the_generator() -> None:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_config_parses_and_builds(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_parses_and_builds(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     gpu = config.relative_to(ROOT / "configs").parts[0] == "gpu"
+    if yaml.safe_load(config.read_text())["data"].get("dataset", "sentiment") != "sentiment":
+        # the data module reads its data when it is built: named datasets need the data directory
+        monkeypatch.setenv(DATA_DIR_ENV, str(request.getfixturevalue("shared_data_dir")))
+    if gpu:  # the module checks its layer against the backbone's config; no hub here, so give the count
+        monkeypatch.setattr(options, "backbone_num_layers", lambda backbone, cache_dir: 28)
     # GPU configs are built here with a CPU trainer (their own trainer settings are checked below)
     overrides = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"] if gpu else []
     cli = SteeringCLI(

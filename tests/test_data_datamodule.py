@@ -13,7 +13,8 @@ import torch
 from lightning_split.data import registry
 from lightning_split.data.batch import PairBatch
 from lightning_split.data.datamodule import PairCollator, PolarityDataModule, pad_right
-from lightning_split.data.pairs import BadRowError
+from lightning_split.data.pairs import BadRowError, DataFileError
+from lightning_split.data.readers import read_pairs
 from lightning_split.data.tokenize import TokenizedPair
 
 
@@ -96,10 +97,8 @@ def test_skip_bad_rows_reports_count(smollm2_tokenizer, tmp_path: Path, caplog) 
     rows[4]["question"] = "very long question " * 40  # over max_length, line 5
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    dm = PolarityDataModule(dataset=str(path), max_length=60)
-    dm.set_tokenizer(smollm2_tokenizer)
     with pytest.raises(BadRowError, match=r"rows\.jsonl, line 2: empty completion"):
-        dm.setup()
+        PolarityDataModule(dataset=str(path), max_length=60)
     with caplog.at_level(logging.WARNING, logger="lightning_split.data.datamodule"):
         dm = PolarityDataModule(dataset=str(path), max_length=60, skip_bad_rows=True, batch_size=2)
         dm.set_tokenizer(smollm2_tokenizer)
@@ -134,7 +133,7 @@ def test_embedded_default_dataset(monkeypatch, smollm2_tokenizer, sentiment_like
     if not shipped.is_file():  # until the embedded file lands, use one of the same shape
         monkeypatch.setattr(registry, "builtin_path", lambda rel: sentiment_like_jsonl)
     dm = PolarityDataModule()
-    assert dm.hparams.dataset == "sentiment"
+    assert dm.dataset == "sentiment" and dm.hparams.dataset is None  # unset means the embedded set
     dm.set_tokenizer(smollm2_tokenizer)
     dm.setup()
     sizes = dm.report()["sizes"]
@@ -181,3 +180,80 @@ def test_lightning_fit(smollm2_tokenizer, sentiment_like_jsonl: Path, tmp_path: 
     trainer.fit(model, datamodule=dm)
     assert model.seen == [3, 3, 3, 1]
     assert "val_tokens" in trainer.callback_metrics
+
+
+# --------------------------------------------------------------------------- one file per split (real BiPO files)
+def _lines(pairs) -> list[int]:
+    return [p.line for p in pairs]
+
+
+def test_split_files_take_train_and_test_files(shared_data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    train_file = shared_data_dir / "bipo" / "power-seeking-train.csv"
+    test_file = shared_data_dir / "bipo" / "power-seeking-test.csv"
+    with caplog.at_level(logging.INFO):
+        dm = PolarityDataModule(train_file=str(train_file), test_file=str(test_file))
+        dm.setup("fit")
+        dm.setup("test")
+    assert dm.splits.sizes() == {"train": 578, "validation": 64, "test": 200}  # 642 train rows: 10% validation
+    assert _lines(dm.pairs("test")) == _lines(read_pairs(test_file).pairs)  # the whole test file, in file order
+    assert {p.source for p in dm.pairs("test")} == {str(test_file)}
+    drawn = _lines(dm.pairs("train")) + _lines(dm.pairs("validation"))
+    assert sorted(drawn) == sorted(_lines(read_pairs(train_file).pairs))  # disjoint, and every train row used
+    printed = [r.getMessage() for r in caplog.records if "578 train / 64 validation / 200 test" in r.getMessage()]
+    assert len(printed) == 1, f"split sizes printed {len(printed)} times"
+    assert dm.report()["files"] == {"train": str(train_file), "test": str(test_file)}
+
+
+def test_split_files_match_the_named_dataset(shared_data_dir: Path) -> None:
+    named = PolarityDataModule(dataset="power-seeking", data_dir=str(shared_data_dir))
+    files = PolarityDataModule(
+        train_file=str(shared_data_dir / "bipo" / "power-seeking-train.csv"),
+        test_file=str(shared_data_dir / "bipo" / "power-seeking-test.csv"),
+        train_size=500,
+        val_size=50,
+        test_size=200,
+    )
+    named.setup()
+    files.setup()
+    for split in ("train", "validation", "test"):
+        assert _lines(files.pairs(split)) == _lines(named.pairs(split)), split
+
+
+def test_validation_file_is_used_whole(shared_data_dir: Path) -> None:
+    dm = PolarityDataModule(
+        train_file=str(shared_data_dir / "bipo" / "power-seeking-train.csv"),
+        val_file=str(shared_data_dir / "bipo" / "power-seeking-test.csv"),
+        val_size=20,
+    )
+    dm.setup()
+    assert dm.splits.sizes() == {"train": 642, "validation": 20, "test": 0}
+    assert {p.source for p in dm.pairs("validation")} == {str(shared_data_dir / "bipo" / "power-seeking-test.csv")}
+
+
+def test_dataset_and_split_files_together_are_refused(sentiment_like_jsonl: Path) -> None:
+    with pytest.raises(
+        DataFileError, match=r"dataset='sentiment' and \['train_file', 'test_file'\].*--data.dataset null"
+    ):
+        PolarityDataModule(
+            dataset="sentiment", train_file=str(sentiment_like_jsonl), test_file=str(sentiment_like_jsonl)
+        )
+
+
+def test_missing_split_file_names_the_option(tmp_path: Path, sentiment_like_jsonl: Path) -> None:
+    with pytest.raises(DataFileError, match=r"test file not found: .*gone.csv \(data option test_file"):
+        PolarityDataModule(train_file=str(sentiment_like_jsonl), test_file=str(tmp_path / "gone.csv"))
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ({"matching": "  "}, "empty completion in field 'matching'"),
+        ({"not_matching": "Good."}, "identical completions"),
+    ],
+)
+def test_answers_the_metric_cannot_use_are_named(tmp_path: Path, row: dict, problem: str) -> None:
+    good = {"question": "Q?", "matching": "Good.", "not_matching": "Bad."}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **row}) + "\n")
+    with pytest.raises(BadRowError, match=rf"pairs.jsonl, line 2: {problem}.*skip_bad_rows"):
+        PolarityDataModule(dataset=str(path))  # refused when the module is built, before any trainer runs

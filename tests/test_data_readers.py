@@ -184,3 +184,35 @@ def test_bad_csv_rows_use_physical_lines(tmp_path: Path) -> None:
     assert "missing field 'not_matching'" in result.skipped[1][1]
     assert "4 cells but the header has 3" in result.skipped[2][1]
     assert "empty completion" in result.skipped[3][1]
+
+
+# ---- files without rows -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("empty.jsonl", "", "the file is empty or blank"),
+        ("blank.jsonl", "\n   \n\n", "the file is empty or blank"),
+        ("empty.csv", "", "the file is empty, not even a header"),
+        ("header-only.csv", "question,matching,not_matching\n", "it has columns but no data rows"),
+    ],
+)
+def test_file_without_rows_says_so(tmp_path: Path, name: str, content: str, why: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataFileError, match=rf"{name} has no rows \({why}\)") as info:
+        read_pairs(path)
+    assert "field map" in str(info.value) and str(path) in str(info.value)
+
+
+def test_parquet_without_rows_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    empty = pa.array([], pa.string())
+    pq.write_table(pa.table({"question": empty, "matching": empty, "not_matching": empty}), path)
+    with pytest.raises(DataFileError, match=r"empty.parquet has no rows \(it has columns but no data rows\)"):
+        read_pairs(path)
+
+
+def test_no_usable_row_is_an_error_even_when_skipping(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", [{**GOOD, "not_matching": "yes"}, {**GOOD, "matching": " "}])
+    with pytest.raises(DataFileError, match=r"none of its 2 rows is usable.*bad.jsonl, line 1: identical"):
+        read_pairs(path, skip_bad_rows=True)

@@ -24,6 +24,7 @@ from lightning_split.objectives.reps import RePS
 from lightning_split.objectives.sft import SFT
 from lightning_split.objectives.split import SPLIT
 from tests.pair_batches import random_pair_batch
+from tests.tiny_models import make_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -138,8 +139,9 @@ def test_dpo_matches_formula(beta: float) -> None:
 
 
 # --------------------------------------------------------------------------- multiplier draws
-def test_draw_multipliers_deterministic_and_from_grid(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = SplitSteering(backbone="unused", multipliers=[2.0, 4.0, 6.0, 8.0, 10.0])
+def test_draw_multipliers_deterministic_and_from_grid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    make_tiny_model("llama").config.save_pretrained(tmp_path)  # the module reads only the config; never loaded
+    module = SplitSteering(backbone=str(tmp_path), multipliers=[2.0, 4.0, 6.0, 8.0, 10.0])
     index = torch.arange(200)
     first = module.draw_multipliers(index, 0)
     torch.manual_seed(1234)  # the RNG state must not matter

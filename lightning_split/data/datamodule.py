@@ -9,13 +9,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_split.backbone import load_tokenizer
 from lightning_split.data.batch import PairBatch
-from lightning_split.data.pairs import BadRowError, PolarityPair
+from lightning_split.data.pairs import BadRowError, DataFileError, PolarityPair
 from lightning_split.data.readers import read_pairs
-from lightning_split.data.registry import ResolvedDataset, resolve_dataset
+from lightning_split.data.registry import SPLIT_FILE_OPTIONS, ResolvedDataset, resolve_dataset, resolve_split_files
 from lightning_split.data.samplers import ResumableDataLoader, ResumableDistributedSampler, eval_sampler
 from lightning_split.data.splits import SPLIT_NAMES, Splits, split_dataset
 from lightning_split.data.tokenize import PairTokenizer, TokenizedPair
@@ -96,22 +97,46 @@ class PolarityDataModule(L.LightningDataModule):
     """Polarity pairs from a named dataset or a file, split with a seed and tokenised for the model.
 
     The tokenizer normally comes from the model, which calls :meth:`set_tokenizer` (or sets
-    :attr:`tokenizer`); ``tokenizer`` may also name one to load. :meth:`setup` reads, validates and splits
-    the data (no tokenizer needed); tokenisation happens as soon as a tokenizer is known, at the latest when
+    :attr:`tokenizer`); ``tokenizer`` may also name one to load. The data is read, validated and split when
+    the module is built (:meth:`read`; no tokenizer needed), so a bad file fails before training starts;
+    tokenisation happens as soon as a tokenizer is known, at the latest when
     a dataloader is requested. With ``skip_bad_rows`` unusable rows, including pairs over ``max_length``,
     are left out, logged as a warning with their count and listed in :attr:`skipped`; without it the first
     one raises :class:`~lightning_split.data.pairs.BadRowError`.
 
+    Where the splits come from (the sizes are printed once when the data is read):
+
+    - a named dataset: its own split (Psychopathy 500/50/100 balanced by answer, PowerSeeking 500/50/200
+      from its train and test files, the embedded sentiment set by its ``split`` field);
+    - one data file (``dataset: path``): if every row has a ``split`` field (``train``, ``validation``,
+      ``val``, ``valid``, ``dev`` or ``test``) the rows go where it says; otherwise the file is drawn into
+      test 10%, validation 10% and train the rest (80/10/10), with a seed, balanced by answer for Yes/No
+      data and by group for grouped data;
+    - one file per split (``train_file``, ``val_file``, ``test_file``, e.g. BiPO's ``*-train.csv`` and
+      ``*-test.csv``, with ``dataset`` left unset): each split takes its file; without ``val_file``,
+      validation is drawn from the train file (10% of it unless ``val_size`` is given).
+
+    ``train_size``/``val_size``/``test_size`` replace these defaults with seeded samples of the given size.
+
     Args:
-        dataset: ``psychopathy``, ``power-seeking``, ``sentiment`` (embedded default) or a data file path.
+        dataset: ``psychopathy``, ``power-seeking``, ``sentiment`` or the path of a ``.jsonl``/``.csv``/
+            ``.parquet`` file; unset: ``sentiment`` (embedded), unless split files are given. A file is split
+            by its ``split`` column when every row has one (``train``, ``validation``/``val``/``valid``/``dev``,
+            ``test``), else drawn 80/10/10 into train/validation/test with the seed.
         data_dir: the data directory for named datasets (else ``$LIGHTNING_SPLIT_DATA_DIR``, else
             ``../shared/data`` relative to the working directory).
+        train_file: the train split's own file (instead of ``dataset``).
+        val_file: the validation split's own file (instead of ``dataset``; unset: drawn from ``train_file``).
+        test_file: the test split's own file (instead of ``dataset``).
         tokenizer: a tokenizer to load (hub id, folder or ``.gguf`` file) when the model does not set one.
         batch_size: training batch size.
         eval_batch_size: validation, test and predict batch size.
-        train_size: training pairs (None: the dataset's default, e.g. 500 for Psychopathy/PowerSeeking).
-        val_size: validation pairs (None: the dataset's default, 50 for Psychopathy/PowerSeeking).
-        test_size: test pairs (None: the dataset's default, 100 for Psychopathy, 200 for PowerSeeking).
+        train_size: training pairs (None: the dataset's default, e.g. 500 for Psychopathy/PowerSeeking; the
+            rest of a file after test and validation).
+        val_size: validation pairs (None: the dataset's default, 50 for Psychopathy/PowerSeeking, 10% of a
+            file).
+        test_size: test pairs (None: the dataset's default, 100 for Psychopathy, 200 for PowerSeeking, 10% of
+            a file, the whole test file).
         seed: seed of the splits and of the training shuffle.
         max_length: the most tokens of a prompt plus its longer completion.
         skip_bad_rows: leave out and count unusable rows instead of stopping at the first.
@@ -127,8 +152,11 @@ class PolarityDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: str = "sentiment",
+        dataset: str | None = None,
         data_dir: str | None = None,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
         tokenizer: str | None = None,
         batch_size: int = 4,
         eval_batch_size: int = 8,
@@ -150,7 +178,14 @@ class PolarityDataModule(L.LightningDataModule):
         super().__init__()
         by_name = tokenizer is None or isinstance(tokenizer, str)
         self.save_hyperparameters(ignore=[] if by_name else ["tokenizer"])
-        self.dataset = dataset
+        split_files = {"train": train_file, "validation": val_file, "test": test_file}
+        self.split_files = {split: path for split, path in split_files.items() if path is not None}
+        if self.split_files and dataset is not None:
+            raise DataFileError(
+                f"data options dataset={dataset!r} and {[SPLIT_FILE_OPTIONS[k] for k in self.split_files]} both "
+                "say where the data is; unset one (on the command line: --data.dataset null)"
+            )
+        self.dataset = dataset if dataset is not None or self.split_files else "sentiment"
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -179,6 +214,7 @@ class PolarityDataModule(L.LightningDataModule):
         self._tokenizer: Any = None
         self._tokenizer_name: str | None = None
         self.tokenizer = tokenizer
+        self.read()
 
     # ---- tokenizer -------------------------------------------------------------------------------------
     @property
@@ -220,14 +256,20 @@ class PolarityDataModule(L.LightningDataModule):
         return self._pair_tokenizer
 
     # ---- reading and splitting -------------------------------------------------------------------------
-    def setup(self, stage: str | None = None) -> None:
-        """Reads, validates and splits the data (once), and tokenises it if a tokenizer is known.
+    def read(self) -> Splits:
+        """Reads, validates and splits the data (once; the module calls it when it is built).
 
-        Args:
-            stage: the Lightning stage (unused: every split is prepared).
+        Reading when the module is built means that a bad data file fails before training starts, before any
+        logger, checkpoint or run folder is created. The split sizes are printed once (on rank 0).
+
+        Returns:
+            The splits.
         """
         if self.splits is None:
-            self.resolved = resolve_dataset(self.dataset, self.data_dir)
+            if self.split_files:
+                self.resolved = resolve_split_files(self.split_files)
+            else:
+                self.resolved = resolve_dataset(self.dataset, self.data_dir)
             pools: dict[str, list[PolarityPair]] = {}
             for name, path in self.resolved.paths.items():
                 result = read_pairs(path, self.data_format, self.field_map, self.skip_bad_rows)
@@ -236,7 +278,17 @@ class PolarityDataModule(L.LightningDataModule):
             self._report_skipped("reading", self.read_skipped)
             train_size, val_size, test_size = self.sizes
             self.splits = split_dataset(self.resolved.spec, pools, train_size, val_size, test_size, self.seed)
-            log.info("dataset %s: %s pairs per split", self.resolved.spec.name, self.splits.sizes())
+            sizes = " / ".join(f"{n} {name}" for name, n in self.splits.sizes().items())
+            rank_zero_info(f"dataset {self.resolved.spec.name}: {sizes} pairs (seed {self.seed})")
+        return self.splits
+
+    def setup(self, stage: str | None = None) -> None:
+        """Reads, validates and splits the data (if not done yet), and tokenises it if a tokenizer is known.
+
+        Args:
+            stage: the Lightning stage (unused: every split is prepared).
+        """
+        self.read()
         if self.tokenizer is not None:
             self._tokenize()
 
@@ -251,7 +303,7 @@ class PolarityDataModule(L.LightningDataModule):
             log.warning(
                 "skip_bad_rows: left out %d unusable row(s) of dataset %r while %s (first: %s)",
                 len(new),
-                self.dataset,
+                self.resolved.spec.name if self.resolved else self.dataset,
                 when,
                 first,
             )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from lightning_split.data.pairs import BadRowError, DataFileError, PolarityPair
+from lightning_split.data.pairs import BadRowError, DataFileError, PolarityPair, location
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,16 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
                 yield line, BadRowError(path, line, f"malformed JSON ({err.msg} at column {err.colno})")
 
 
+def _no_rows(path: Path, what: str) -> DataFileError:
+    return DataFileError(
+        f"{path} has no rows ({what}); a data file needs one row per pair with a question and two different "
+        "completions (question/matching/not_matching, or the fields named by the field map)"
+    )
+
+
 def _read_jsonl(path: Path, field_map: FieldMapLike) -> tuple[FieldMap, Iterator[tuple[int, Any]]]:
+    if next(_jsonl_records(path), None) is None:
+        raise _no_rows(path, "the file is empty or blank")
     first = next((rec for _, rec in _jsonl_records(path) if isinstance(rec, dict)), {})
     fmap = resolve_field_map(field_map, first.keys(), path)
 
@@ -213,6 +222,8 @@ def _check_columns(path: Path, fmap: FieldMap, columns: list[str]) -> None:
 def _read_csv(path: Path, field_map: FieldMapLike) -> tuple[FieldMap, Iterator[tuple[int, Any]]]:
     with path.open(encoding="utf-8-sig", newline="") as fh:
         header = next(csv.reader(fh), [])
+    if not header:
+        raise _no_rows(path, "the file is empty, not even a header")
     fmap = resolve_field_map(field_map, header, path)
     _check_columns(path, fmap, header)
 
@@ -294,7 +305,8 @@ def read_pairs(
         The pairs in file order and the skipped rows.
 
     Raises:
-        DataFileError: missing file, unknown format, missing columns.
+        DataFileError: missing file, unknown format, missing columns, a file without rows, or (with
+            ``skip_bad_rows``) a file none of whose rows is usable.
         BadRowError: an unusable row, when ``skip_bad_rows`` is False.
     """
     path = Path(path)
@@ -311,4 +323,12 @@ def read_pairs(
             if not skip_bad_rows:
                 raise
             result.skipped.append((line, err.problem))
+    if not result.pairs and not result.skipped:
+        raise _no_rows(path, "it has columns but no data rows")
+    if not result.pairs:
+        line, problem = result.skipped[0]
+        raise DataFileError(
+            f"{path}: none of its {len(result.skipped)} rows is usable, skip_bad_rows left out every one "
+            f"(first: {location(path, line)}: {problem}); fix the file or check the field map"
+        )
     return result

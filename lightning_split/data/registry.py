@@ -2,7 +2,7 @@
 
 ``psychopathy`` and ``power-seeking`` are public datasets a user downloads into a data directory (this
 repository never ships them); ``sentiment`` is the small default dataset shipped inside the package. A user
-may also name a file instead of a dataset.
+may also name a file instead of a dataset, or give one file per split (:func:`resolve_split_files`).
 
 The data directory is, in order: the explicit argument, the environment variable
 ``LIGHTNING_SPLIT_DATA_DIR``, or ``../shared/data`` relative to the current working directory if it exists.
@@ -28,7 +28,8 @@ class DatasetSpec:
     Attributes:
         name: the dataset name.
         files: split source name to path; ``"all"`` is a pool split by :mod:`~lightning_split.data.splits`,
-            ``"train"``/``"test"`` are separate files (validation is drawn from the train file).
+            ``"train"``/``"validation"``/``"test"`` are separate files (without a validation file, validation
+            is drawn from the train file).
         builtin: the paths are inside the package, not under the data directory.
         split_field: metadata field that holds each row's split (``train``/``validation``/``test``), if any.
         stratify: ``"answer"`` balances every split by the matching completion (Yes/No datasets),
@@ -113,6 +114,37 @@ def _looks_like_path(dataset: str) -> bool:
         or "/" in dataset
         or Path(dataset).suffix.lower() in {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
     )
+
+
+#: The data module option that names each split's file.
+SPLIT_FILE_OPTIONS = {"train": "train_file", "validation": "val_file", "test": "test_file"}
+
+
+def resolve_split_files(files: dict[str, str | os.PathLike[str]]) -> ResolvedDataset:
+    """Locates a dataset given as one file per split (any of ``train``, ``validation``, ``test``).
+
+    Args:
+        files: split name to its file.
+
+    Returns:
+        A dataset named after the train file (else the first file), with one source per split.
+
+    Raises:
+        DataFileError: no file given, or a file that does not exist (naming the option).
+    """
+    if not files:
+        raise DataFileError(f"no split file given; set one of {list(SPLIT_FILE_OPTIONS.values())}")
+    paths = {split: Path(name).expanduser() for split, name in files.items()}
+    for split, path in paths.items():
+        if not path.is_file():
+            raise DataFileError(
+                f"{split} file not found: {path} (data option {SPLIT_FILE_OPTIONS[split]}; current directory: "
+                f"{Path.cwd()})"
+            )
+    first = paths.get("train") or next(iter(paths.values()))
+    listing = ", ".join(f"{split} {path}" for split, path in paths.items())
+    spec = DatasetSpec(name=first.stem, files={k: str(v) for k, v in paths.items()}, description=f"files: {listing}")
+    return ResolvedDataset(spec=spec, paths=paths)
 
 
 def resolve_dataset(dataset: str, data_dir: str | os.PathLike[str] | None = None) -> ResolvedDataset:

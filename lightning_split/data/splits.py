@@ -170,38 +170,49 @@ def split_pool(
     return Splits(train=parts["train"], validation=parts["validation"], test=parts["test"])
 
 
-def split_train_test(
-    train_pool: Sequence[PolarityPair],
-    test_pool: Sequence[PolarityPair],
+def _subset(
+    pool: Sequence[PolarityPair], name: str, size: int | None, seed: int, stratify: str | None, what: str
+) -> list[PolarityPair]:
+    """The whole pool (``size`` None) or a seeded, stratified sample of ``size`` pairs of it."""
+    return list(pool) if size is None else draw(pool, [(name, size)], seed, stratify, what)[name]
+
+
+def split_files(
+    pools: dict[str, list[PolarityPair]],
     train_size: int | None,
-    val_size: int,
+    val_size: int | None,
     test_size: int | None,
     seed: int,
     stratify: str | None = None,
 ) -> Splits:
-    """Splits a dataset shipped as train and test files; validation comes from train rows not used for train.
+    """Splits a dataset shipped as one file per split (BiPO's ``*-train.csv``/``*-test.csv``).
+
+    A split with its own file takes the whole file, or a seeded sample of the size given. Without a validation
+    file, validation is drawn from the train file first (``val_size``, default 10% of it) and train is the
+    rest (or ``train_size`` of it). Without a test file the test split is empty (likewise train).
 
     Args:
-        train_pool: rows of the train file.
-        test_pool: rows of the test file.
-        train_size: pairs in train (None: every train-file row not drawn for validation).
-        val_size: pairs in validation, drawn first from the train file.
-        test_size: pairs in test (None: the whole test file, in file order).
+        pools: ``train``/``validation``/``test`` to the rows of that split's file (any may be missing).
+        train_size: pairs in train (None: all that remain).
+        val_size: pairs in validation (None: the whole validation file, else 10% of the train file).
+        test_size: pairs in test (None: the whole test file).
         seed: random seed.
         stratify: see :func:`stratum_of`.
 
     Returns:
         The splits.
     """
-    if train_size is None:
-        train_size = len(train_pool) - val_size
-    parts = draw(train_pool, [("validation", val_size), ("train", train_size)], seed, stratify, "train file")
-    test = (
-        list(test_pool)
-        if test_size is None
-        else draw(test_pool, [("test", test_size)], seed, stratify, "test file")["test"]
-    )
-    return Splits(train=parts["train"], validation=parts["validation"], test=test)
+    train_pool = pools.get("train", [])
+    if "validation" in pools:
+        validation = _subset(pools["validation"], "validation", val_size, seed, stratify, "validation file")
+        train = _subset(train_pool, "train", train_size, seed, stratify, "train file")
+    else:
+        val_size = round(0.1 * len(train_pool)) if val_size is None else val_size
+        train_size = len(train_pool) - val_size if train_size is None else train_size
+        parts = draw(train_pool, [("validation", val_size), ("train", train_size)], seed, stratify, "train file")
+        validation, train = parts["validation"], parts["train"]
+    test = _subset(pools.get("test", []), "test", test_size, seed, stratify, "test file")
+    return Splits(train=train, validation=validation, test=test)
 
 
 def split_by_field(
@@ -235,9 +246,7 @@ def split_by_field(
         groups[_ALIASES[value]].append(pair)
     out = Splits()
     for name, size in zip(SPLIT_NAMES, sizes):
-        pool = groups[name]
-        chosen = pool if size is None else draw(pool, [(name, size)], seed, stratify, f"{name} rows")[name]
-        setattr(out, name, chosen)
+        setattr(out, name, _subset(groups[name], name, size, seed, stratify, f"{name} rows"))
     return out
 
 
@@ -251,13 +260,15 @@ def split_dataset(
 ) -> Splits:
     """Splits a resolved dataset the way its spec says, with the spec's default sizes where None is given.
 
-    A dataset with a split field uses it; one shipped as train and test files draws validation from the
-    train file; a single pool is drawn with defaults of 10% test, 10% validation and the rest train when
-    the spec has no sizes.
+    A dataset with a split field (or a single file whose every row has a ``split`` field: ``train``,
+    ``validation``/``val``/``valid``/``dev`` or ``test``) uses it; one shipped as a file per split uses
+    :func:`split_files` (validation drawn from the train file when it has no file of its own); any other
+    single pool is drawn with defaults of 10% test, 10% validation and the rest train when the spec has no
+    sizes.
 
     Args:
         spec: the dataset's spec (:data:`~lightning_split.data.registry.DATASETS` or a plain file's).
-        pools: split source name (``all``, ``train``, ``test``) to the pairs read from its file.
+        pools: split source name (``all``, or ``train``/``validation``/``test``) to the pairs read from its file.
         train_size: pairs in train (None: the spec's default).
         val_size: pairs in validation (None: the spec's default).
         test_size: pairs in test (None: the spec's default).
@@ -272,10 +283,8 @@ def split_dataset(
     test_size = dtest if test_size is None else test_size
     everything = [p for pool in pools.values() for p in pool]
     stratify = spec.stratify if spec.stratify is not None or spec.split_field else auto_stratify(everything)
-    if "train" in pools:
-        return split_train_test(
-            pools["train"], pools.get("test", []), train_size, val_size or 0, test_size, seed, stratify
-        )
+    if "all" not in pools:
+        return split_files(pools, train_size, val_size, test_size, seed, stratify)
     pool = pools["all"]
     split_field = spec.split_field
     if split_field is None and pool and all("split" in p.metadata for p in pool):

@@ -20,18 +20,19 @@ import torch
 from torch import nn
 
 from ..artifacts import CONTROL_DIRNAME, control_metadata, save_control
-from ..backbone import load_backbone
+from ..backbone import AttnImplementation, Dtype, Quantization, load_backbone
 from ..data.batch import PairBatch, repeat_batch
 from ..engine import PairLogProbs, PairScorer
 from ..generation import generate_steered
-from ..interventions import FORMS, build_control
+from ..interventions import build_control
 from ..layout import ModelLayout, discover_layout, middle_layer
 from ..metrics import DEFAULT_REDUCTION, PairAccuracy, PreferenceLogOdds, Reduction, UtilityLogOdds
 from ..objectives.base import Objective
 from ..placement import backbone_device_map, backbone_dtype, check_precision_plugin
 from ..quantization import prepare_for_kbit_training
-from ..steering import POSITIONS, Positions
+from ..steering import Positions
 from ..sweep import LowerFn
+from .options import check_steering_options
 from .pair_cache import LowerStateCache, ReferenceCache
 
 DEFAULT_MULTIPLIERS: tuple[float, ...] = tuple(round(0.2 * k, 1) for k in range(1, 11))
@@ -100,10 +101,10 @@ class SteeringModule(L.LightningModule):
         nll_reduction: Reduction = DEFAULT_REDUCTION,
         lr: float = 0.01,
         weight_decay: float = 0.0,
-        dtype: str = "float32",
-        quantization: str | None = None,
+        dtype: Dtype = "float32",
+        quantization: Quantization | None = None,
         prepare_kbit: bool | None = None,
-        attn_implementation: str | None = None,
+        attn_implementation: AttnImplementation | None = None,
         reuse_lower_layers: bool = True,
         blocks_path: str | None = None,
         down_proj_path: str | None = None,
@@ -114,10 +115,7 @@ class SteeringModule(L.LightningModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if form not in FORMS:
-            raise ValueError(f"form={form!r} is not a control form; choose one of {FORMS}")
-        if positions not in POSITIONS:
-            raise ValueError(f"positions={positions!r}; choose one of {POSITIONS}")
+        check_steering_options(locals())  # every argument, by name; before anything is loaded or written
         # Generation settings are not part of what the control is; keeping them out of the checkpoint's
         # hyper-parameters lets `predict --ckpt_path ...` take them from the command line.
         self.save_hyperparameters(ignore=list(GENERATION_ARGS))
@@ -130,8 +128,6 @@ class SteeringModule(L.LightningModule):
         self.form = form
         self.positions: Positions = positions
         self.multipliers = [float(m) for m in (multipliers or DEFAULT_MULTIPLIERS)]
-        if not self.multipliers or any(m <= 0 for m in self.multipliers):
-            raise ValueError(f"multipliers must be positive (the sign comes from the pass): {self.multipliers}")
         self.strict_loading = False
         self.__dict__["_frozen_backbone"] = None  # deliberately not a submodule: see `backbone`
         self.tokenizer: Any = None

@@ -1,0 +1,118 @@
+"""Bad model options and unreachable backbones are refused when the module is built, before any model loads.
+
+Every backbone here is a folder holding only a ``config.json`` (4 blocks): nothing could be loaded from it,
+so each error below is raised from the options and the config alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub.constants
+import pytest
+
+from lightning_split.backbone import BackboneLoadError, backbone_num_layers
+from lightning_split.models import SplitSteering
+from lightning_split.models.options import OptionError
+from tests.tiny_models import TINY_LAYERS, make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def config_only_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the config of a 4-block Llama and no weights."""
+    path = tmp_path_factory.mktemp("config-only")
+    make_tiny_model("llama").config.save_pretrained(path)
+    return path
+
+
+BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
+    ({"lr": -0.1}, r"option lr .* -0\.1; it must be a number > 0"),
+    ({"lr": 0.0}, r"option lr .*must be a number > 0"),
+    ({"weight_decay": -1.0}, r"option weight_decay .*>= 0"),
+    ({"init_std": math.nan}, r"option init_std .*nan"),
+    ({"eval_multiplier": math.inf}, r"option eval_multiplier .*finite"),
+    ({"lora_alpha": 0.0}, r"option lora_alpha .*> 0"),
+    ({"rank": 0}, r"option rank .*integer >= 1"),
+    ({"max_new_tokens": 0}, r"option max_new_tokens .*integer >= 1"),
+    ({"temperature": 0.0}, r"option temperature .*> 0"),
+    ({"multipliers": [1.0, -2.0]}, r"option multipliers .*-2\.0.*sign comes from"),
+    ({"predict_multipliers": [0.0, math.inf]}, r"option predict_multipliers .*inf"),
+    ({"dtype": "fp33"}, r"option dtype .*'fp33'.*'bfloat16'"),
+    ({"quantization": "nf5"}, r"option quantization .*'nf5'.*'nf4'"),
+    ({"attn_implementation": "flash_attention_2"}, r"option attn_implementation .*'sdpa'"),
+    ({"form": "vectr"}, r"option form .*'vectr'.*'lora'"),
+    ({"positions": "everything"}, r"option positions .*'completion'"),
+    ({"nll_reduction": "median"}, r"option nll_reduction .*'sum'"),
+    ({"layer": TINY_LAYERS}, rf"option layer .*is {TINY_LAYERS}: .* has {TINY_LAYERS} blocks.*0\.\.{TINY_LAYERS - 1}"),
+    ({"layer": -1}, r"option layer .*is -1"),
+    ({"layers": [1, 9]}, r"option layers .*is 9"),
+    ({"layers": [2, 2]}, r"option layers .*each block may appear once"),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    BAD_OPTIONS,
+    ids=[next(iter(o)) + "=" + repr(next(iter(o.values()))) for o, _ in BAD_OPTIONS],
+)
+def test_bad_option_is_named_when_the_module_is_built(
+    config_only_backbone: Path, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(OptionError, match=message):
+        SplitSteering(backbone=str(config_only_backbone), **options)
+
+
+def test_good_options_pass(config_only_backbone: Path) -> None:
+    module = SplitSteering(backbone=str(config_only_backbone), layer=TINY_LAYERS - 1, quantization="nf4-dq")
+    assert module.backbone is None, "building the module must not load the backbone"
+    SplitSteering(backbone=str(config_only_backbone), layers=[0, 3], attn_implementation="eager", dtype="auto")
+
+
+def test_custom_layout_skips_the_config_count(config_only_backbone: Path) -> None:
+    """With ``blocks_path`` the blocks may not be the config's layers: only the sign is checked up front."""
+    SplitSteering(backbone=str(config_only_backbone), layer=TINY_LAYERS + 5, blocks_path="model.layers")
+    with pytest.raises(OptionError, match="layer .*-2"):
+        SplitSteering(backbone=str(config_only_backbone), layer=-2, blocks_path="model.layers")
+
+
+def test_folder_without_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        SplitSteering(backbone=str(tmp_path))
+
+
+def test_uncached_hub_id_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(
+        BackboneLoadError, match=r"'nobody/nothing' is not in the local Hugging Face cache.*HF_HUB_OFFLINE"
+    ):
+        SplitSteering(backbone="nobody/nothing")
+    assert time.perf_counter() - start < 5
+
+
+def test_unreachable_hub_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online mode with no hub (a closed local port here): one refused connection, no retries."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    with pytest.raises(BackboneLoadError, match=r"hub cannot be reached \(http://127\.0\.0\.1:9.*not in the local"):
+        SplitSteering(backbone="some-org/some-model")
+    assert time.perf_counter() - start < 10
+
+
+def test_unreachable_hub_uses_a_cached_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A model already in the Hugging Face cache is read from it at once (no retries) when the hub is down."""
+    snapshot = tmp_path / "models--some-org--cached-model" / "snapshots" / "0123abc"
+    make_tiny_model("llama").config.save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    assert backbone_num_layers("some-org/cached-model", cache_dir=str(tmp_path)) == TINY_LAYERS
+    with pytest.raises(OptionError, match=f"cached-model has {TINY_LAYERS} blocks"):
+        SplitSteering(backbone="some-org/cached-model", cache_dir=str(tmp_path), layer=TINY_LAYERS)
+    assert time.perf_counter() - start < 10

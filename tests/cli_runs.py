@@ -24,10 +24,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(backbone: Path, dataset: Path, **overrides: Any) -> dict[str, Any]:
-    """A SPLIT LoRA run on the tiny backbone: CSV logger, checkpoints in ``ckpt/``, no progress bar.
+    """A SPLIT LoRA run on the tiny backbone: CSV logger, checkpoints in ``ckpt/``, no progress bar, no sweep.
 
-    Keyword overrides replace ``model.init_args`` (``model_*``), ``data`` (``data_*``) or ``trainer``
-    (``trainer_*``) entries, e.g. ``data_batch_size=2``.
+    Keyword overrides replace ``model.init_args`` (``model_*``), ``data`` (``data_*``), ``trainer``
+    (``trainer_*``) or ``tradeoff`` (``tradeoff_*``) entries, e.g. ``data_batch_size=2``.
     """
     config: dict[str, Any] = {
         "seed_everything": 7,
@@ -56,6 +56,7 @@ def tiny_config(backbone: Path, dataset: Path, **overrides: Any) -> dict[str, An
             "init_args": {"backbone": str(backbone), "form": "lora", "layer": 2, "lr": 0.05},
         },
         "data": {"dataset": str(dataset), "batch_size": 4, "eval_batch_size": 1},
+        "tradeoff": {"every_n_val_epochs": 0, "on_test": False},
     }
     for key, value in overrides.items():
         section, _, name = key.partition("_")

@@ -74,11 +74,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # torch raises many types for a damaged or foreign file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # torch raises many types (with long texts) for a damaged or foreign file
         raise CheckpointError(
-            f"--ckpt_path {path}: cannot read this checkpoint ({type(err).__name__}: {reason}); the file is "
-            "damaged or not a PyTorch checkpoint: pass a .ckpt written by `lightning-split fit`"
+            f"--ckpt_path {path}: cannot read this checkpoint ({type(err).__name__}): the file is damaged, "
+            "or not a checkpoint of plain tensors and values: pass a .ckpt written by `lightning-split fit`"
         ) from err
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise CheckpointError(

@@ -180,6 +180,14 @@ class LogProgressBar(ProgressBar):
         self._train: ProgressLog | None = None
         self._eval: ProgressLog | None = None
 
+    @property
+    def is_enabled(self) -> bool:  # noqa: D102
+        return self._enabled
+
+    @property
+    def is_disabled(self) -> bool:  # noqa: D102
+        return not self._enabled
+
     def disable(self) -> None:  # noqa: D102
         self._enabled = False
 

@@ -8,6 +8,7 @@ checkpoints under ``ckpt/``. Runs use one torch thread per process so that two D
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import subprocess
 import sys
@@ -65,6 +66,15 @@ def tiny_config(backbone: Path, dataset: Path, **overrides: Any) -> dict[str, An
     return config
 
 
+def snapshot(folder: Path) -> dict[str, str]:
+    """The SHA-256 of every file under ``folder``, by path relative to it (symbolic links skipped)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
 def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
     """Writes ``config`` to ``run_dir/config.yaml`` (creating the folder) and returns the path."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -82,15 +92,21 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def cli_command(*args: str) -> list[str]:
-    """``python -m lightning_split.cli fit --config config.yaml <args>``."""
-    return [sys.executable, "-m", "lightning_split.cli", "fit", "--config", "config.yaml", *args]
+def cli_command(*args: str, subcommand: str = "fit") -> list[str]:
+    """``python -m lightning_split.cli <subcommand> --config config.yaml <args>``."""
+    return [sys.executable, "-m", "lightning_split.cli", subcommand, "--config", "config.yaml", *args]
 
 
-def run_cli(run_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs the CLI in ``run_dir`` to completion; fails with its output when it exits non-zero."""
+def run_cli(run_dir: Path, *args: str, subcommand: str = "fit", timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs the CLI in ``run_dir`` to completion (stdout and stderr piped); fails with its output when it
+    exits non-zero."""
     done = subprocess.run(
-        cli_command(*args), cwd=run_dir, env=cli_env(), capture_output=True, text=True, timeout=timeout
+        cli_command(*args, subcommand=subcommand),
+        cwd=run_dir,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     output = f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     assert done.returncode == 0, f"lightning-split failed ({done.returncode}):\n{output}"

@@ -157,12 +157,13 @@ class SteeringCLI(LightningCLI):
             redirect_stage_outputs(config, self.subcommand)
         elif config.get("ckpt_path"):
             self.save_config_kwargs["config_filename"] = f"config-resume-{run_stamp()}.yaml"
-        callbacks: list[Any] = [StopOnSigterm()]
+        callbacks: list[Any] = []
         trainer = config.trainer
         wants_bar = trainer.get("enable_progress_bar") is not False
         if wants_bar and not any(issubclass(c, ProgressBar) for c in _callback_classes(trainer)):
             callbacks.append(progress_bar_for(sys.stdout.isatty(), config.progress_interval))
-        self.trainer_defaults["callbacks"] = callbacks
+        # after the bar, so that the bar shows the batch a SIGTERM stop ends on
+        self.trainer_defaults["callbacks"] = [*callbacks, StopOnSigterm()]
 
     def after_fit(self) -> None:
         """Runs ``test`` when ``--test_after_fit`` is set, then prints where the results are."""

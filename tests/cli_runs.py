@@ -113,6 +113,18 @@ def run_cli(run_dir: Path, *args: str, subcommand: str = "fit", timeout: float =
     return done
 
 
+def wait_for(path: Path, process: subprocess.Popen, timeout: float) -> None:
+    """Waits until ``path`` exists; fails with the process's output if it ends first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"the run ended before pausing ({process.returncode}):\n{out[-2000:]}\n{err[-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.2)
+
+
 def metrics(run_dir: Path) -> dict[str, float]:
     """The last logged value of every validation and test metric of a run (from the CSV logger)."""
     out: dict[str, float] = {}

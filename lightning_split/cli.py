@@ -118,7 +118,7 @@ class SteeringCLI(LightningCLI):
             help="seconds between two progress lines when stdout is not a terminal",
         )
         parser.add_lightning_class_args(TradeoffCurveCallback, "tradeoff")
-        # the sweep's rich bar would fight Lightning's in a terminal; as log lines it is on by default
+        # in a terminal the sweep's rich bar would garble Lightning's live bar; as log lines it is on by default
         parser.set_defaults({"tradeoff.progress": not sys.stdout.isatty()})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lightning_split.progress import ProgressLog, format_seconds, train_batches_total
+from lightning_split.progress import ProgressLog, SteeringRichProgressBar, format_seconds, train_batches_total
 
 
 def _trainer(batches: int, max_steps: int = -1, accumulate: int = 1) -> SimpleNamespace:
@@ -62,3 +62,10 @@ def test_format_seconds():
     assert [format_seconds(s) for s in (0, 59.6, 61, 3600 + 62, float("inf"), -1)] == [
         "0:00", "1:00", "1:01", "1:01:02", "?", "?"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("max_epochs", "description"), [(-1, "Epoch 3"), (None, "Epoch 3"), (5, "Epoch 3/4")])
+def test_rich_bar_epoch_description_without_epoch_limit(max_epochs, description):
+    bar = SteeringRichProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=max_epochs)  # Lightning read "Epoch 3/-2" for max_epochs=-1
+    assert bar._get_train_description(3).rstrip() == description

@@ -1,6 +1,16 @@
 """Lightning callbacks of lightning_split (installed as the package ``lightning_split.callbacks``)."""
 
+from lightning_split.progress import LogProgressBar, SteeringRichProgressBar
+
 from .predictions import JsonlPredictionWriter
+from .sigterm import StopOnSigterm
 from .tradeoff import TradeoffCurveCallback, default_grid
 
-__all__ = ["JsonlPredictionWriter", "TradeoffCurveCallback", "default_grid"]
+__all__ = [
+    "JsonlPredictionWriter",
+    "LogProgressBar",
+    "SteeringRichProgressBar",
+    "StopOnSigterm",
+    "TradeoffCurveCallback",
+    "default_grid",
+]

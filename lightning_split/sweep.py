@@ -23,6 +23,7 @@ was clamped, and the anti-steerable fraction against ``m = 0``.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
@@ -48,6 +49,7 @@ from .metrics.functional import (
     utility_log_odds,
 )
 from .packing import PackedPairs
+from .progress import ProgressLog
 from .steering import Positions
 
 DEFAULT_MAX_ROWS = 64
@@ -139,9 +141,11 @@ def _eval_mode(control: Sequence[Intervention] | nn.Module) -> Iterator[None]:
 
 
 def _progress(enabled: bool, total: int | None, description: str) -> Any:
-    """A transient ``rich`` progress bar, or a no-op stand-in."""
+    """A transient ``rich`` progress bar in a terminal, log lines otherwise, or a no-op stand-in."""
     if not enabled:
         return nullcontext(None)
+    if not sys.stdout.isatty():
+        return ProgressLog(description, total)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return _RichBar(

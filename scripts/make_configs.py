@@ -61,8 +61,8 @@ EPOCHS = {"sentiment": 2, "psychopathy": 2, "power-seeking": 2}
 SWEEP = [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
 
 
-def trainer_section(run: str, accumulate: int, epochs: int, sweep_pairs: int | None) -> dict:
-    """The trainer block: offline W&B, last-checkpoint saving, the trade-off curve callback."""
+def trainer_section(run: str, accumulate: int, epochs: int) -> dict:
+    """The trainer block: offline W&B, last-checkpoint saving."""
     return {
         "accelerator": "auto",
         "devices": 1,
@@ -87,12 +87,13 @@ def trainer_section(run: str, accumulate: int, epochs: int, sweep_pairs: int | N
                 # version changes every run)
                 "init_args": {"dirpath": f"runs/{run}/checkpoints", "save_last": True, "every_n_train_steps": 20},
             },
-            {
-                "class_path": "lightning_split.callbacks.TradeoffCurveCallback",
-                "init_args": {"multipliers": SWEEP, "every_n_val_epochs": 1, "max_pairs": sweep_pairs},
-            },
         ],
     }
+
+
+def tradeoff_section(sweep_pairs: int | None, multipliers: list[float] = SWEEP) -> dict:
+    """The trade-off curve callback's settings (the CLI's ``tradeoff`` group: ``--tradeoff.max_pairs 20``)."""
+    return {"multipliers": multipliers, "every_n_val_epochs": 1, "max_pairs": sweep_pairs}
 
 
 def method_config(dataset: str, objective: str, form: str) -> dict:
@@ -107,16 +108,17 @@ def method_config(dataset: str, objective: str, form: str) -> dict:
     run = f"smollm2/{dataset}/{objective}-{form}"
     return {
         "seed_everything": 42,
-        "trainer": trainer_section(run, fs["accumulate"], EPOCHS[dataset], 40),
+        "trainer": trainer_section(run, fs["accumulate"], EPOCHS[dataset]),
         "model": {"class_path": OBJECTIVES[objective], "init_args": init},
         "data": {"dataset": dataset, "batch_size": fs["batch_size"]},
+        "tradeoff": tradeoff_section(40),
     }
 
 
 def diffmean_config(dataset: str) -> dict:
     """DiffMean: one pass over the training pairs fits the vector, no optimiser."""
     run = f"smollm2/{dataset}/diffmean-vector"
-    trainer = trainer_section(run, 1, 1, 40)
+    trainer = trainer_section(run, 1, 1)
     trainer.pop("gradient_clip_val")
     return {
         "seed_everything": 42,
@@ -126,6 +128,7 @@ def diffmean_config(dataset: str) -> dict:
             "init_args": {"backbone": MODEL, "form": "vector", "layer": LAYER},
         },
         "data": {"dataset": dataset, "batch_size": 8},
+        "tradeoff": tradeoff_section(40),
     }
 
 
@@ -133,10 +136,10 @@ def demo_config() -> dict:
     """The README's main command: SPLIT vector on the embedded pairs, sized for a 2-core CPU (< 10 min)."""
     config = method_config("sentiment", "split", "vector")
     run = "demo"
-    config["trainer"] = trainer_section(run, 1, 1, None)
+    config["trainer"] = trainer_section(run, 1, 1)
     config["trainer"]["num_sanity_val_steps"] = 0
     config["trainer"]["limit_val_batches"] = 0
-    config["trainer"]["callbacks"][1]["init_args"]["multipliers"] = [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+    config["tradeoff"] = tradeoff_section(None, [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0])
     config["model"]["init_args"]["bidirectional"] = False
     config["data"].update(train_size=96, test_size=40, batch_size=8)
     config["test_after_fit"] = True
@@ -187,7 +190,7 @@ def gpu_config(path: str) -> dict:
     """A GPU config of :data:`GPU_RUNS` (one process per GPU under DDP, each with a full 4-bit copy)."""
     spec = GPU_RUNS[path]
     run = path.removesuffix(".yaml")
-    trainer = trainer_section(run, spec["accumulate"], spec["epochs"], 40)
+    trainer = trainer_section(run, spec["accumulate"], spec["epochs"])
     trainer.update(accelerator="gpu", devices=spec["devices"], precision="bf16-true")
     if spec["devices"] > 1:
         trainer["strategy"] = "ddp"
@@ -208,6 +211,7 @@ def gpu_config(path: str) -> dict:
         "trainer": trainer,
         "model": {"class_path": OBJECTIVES["split"], "init_args": init},
         "data": {"dataset": spec["dataset"], "batch_size": spec["batch_size"], "eval_batch_size": 8},
+        "tradeoff": tradeoff_section(40),
     }
 
 

@@ -8,6 +8,7 @@ checkpoints under ``ckpt/``. Runs use one torch thread per process so that two D
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import subprocess
 import sys
@@ -24,10 +25,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(backbone: Path, dataset: Path, **overrides: Any) -> dict[str, Any]:
-    """A SPLIT LoRA run on the tiny backbone: CSV logger, checkpoints in ``ckpt/``, no progress bar.
+    """A SPLIT LoRA run on the tiny backbone: CSV logger, checkpoints in ``ckpt/``, no progress bar, no sweep.
 
-    Keyword overrides replace ``model.init_args`` (``model_*``), ``data`` (``data_*``) or ``trainer``
-    (``trainer_*``) entries, e.g. ``data_batch_size=2``.
+    Keyword overrides replace ``model.init_args`` (``model_*``), ``data`` (``data_*``), ``trainer``
+    (``trainer_*``) or ``tradeoff`` (``tradeoff_*``) entries, e.g. ``data_batch_size=2``.
     """
     config: dict[str, Any] = {
         "seed_everything": 7,
@@ -56,12 +57,22 @@ def tiny_config(backbone: Path, dataset: Path, **overrides: Any) -> dict[str, An
             "init_args": {"backbone": str(backbone), "form": "lora", "layer": 2, "lr": 0.05},
         },
         "data": {"dataset": str(dataset), "batch_size": 4, "eval_batch_size": 1},
+        "tradeoff": {"every_n_val_epochs": 0, "on_test": False},
     }
     for key, value in overrides.items():
         section, _, name = key.partition("_")
         target = config["model"]["init_args"] if section == "model" else config[section]
         target[name] = value
     return config
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """The SHA-256 of every file under ``folder``, by path relative to it (symbolic links skipped)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
@@ -81,19 +92,37 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def cli_command(*args: str) -> list[str]:
-    """``python -m lightning_split.cli fit --config config.yaml <args>``."""
-    return [sys.executable, "-m", "lightning_split.cli", "fit", "--config", "config.yaml", *args]
+def cli_command(*args: str, subcommand: str = "fit") -> list[str]:
+    """``python -m lightning_split.cli <subcommand> --config config.yaml <args>``."""
+    return [sys.executable, "-m", "lightning_split.cli", subcommand, "--config", "config.yaml", *args]
 
 
-def run_cli(run_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs the CLI in ``run_dir`` to completion; fails with its output when it exits non-zero."""
+def run_cli(run_dir: Path, *args: str, subcommand: str = "fit", timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs the CLI in ``run_dir`` to completion (stdout and stderr piped); fails with its output when it
+    exits non-zero."""
     done = subprocess.run(
-        cli_command(*args), cwd=run_dir, env=cli_env(), capture_output=True, text=True, timeout=timeout
+        cli_command(*args, subcommand=subcommand),
+        cwd=run_dir,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     output = f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     assert done.returncode == 0, f"lightning-split failed ({done.returncode}):\n{output}"
     return done
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float) -> None:
+    """Waits until ``path`` exists; fails with the process's output if it ends first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"the run ended before pausing ({process.returncode}):\n{out[-2000:]}\n{err[-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.2)
 
 
 def metrics(run_dir: Path) -> dict[str, float]:

@@ -1,13 +1,16 @@
-"""``lightning-split fit`` then ``predict`` from the checkpoint, end to end on a tiny backbone."""
+"""``lightning-split`` end to end on a tiny backbone: fit then predict, ``--ckpt_path`` checks, a folder per
+stage, the outputs summary, command-line trade-off settings and progress lines when stdout is a pipe."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from lightning_split.cli import main
+from tests.cli_runs import run_cli, snapshot, tiny_config, write_config
 
 
 def _common(backbone: Path, data: Path, root: Path) -> list[str]:
@@ -49,3 +52,123 @@ def test_fit_then_predict_writes_steered_generations(tiny_backbone_dir, sentimen
     assert all(r["prompt"].startswith("<|im_start|>") and isinstance(r["completion"], str) for r in rows)
     by_m = {m: [r["completion"] for r in rows if r["multiplier"] == m] for m in (0.0, 4.0)}
     assert by_m[0.0] != by_m[4.0], "steering at m=4 changed no generation"
+
+
+# ----------------------------------------------------------------- --ckpt_path checks
+
+
+OTHER_RUNS = [  # (config changes, model class, what the refusal must say)
+    ({"model_form": "lora"}, "lightning_split.SplitSteering", "form is 'vector', this config's is 'lora'"),
+    ({"model_layer": 1}, "lightning_split.SplitSteering", "layer is 2, this config's is 1"),
+    ({}, "lightning_split.SFTSteering", "model.class_path is 'lightning_split.SplitSteering'"),
+]
+
+
+def test_ckpt_path_of_another_run_is_refused_before_anything_is_written(
+    tiny_backbone_dir, sentiment_like_jsonl, tmp_path, monkeypatch
+):
+    vector = tmp_path / "vector"
+    write_config(
+        vector, tiny_config(tiny_backbone_dir, sentiment_like_jsonl, model_form="vector", trainer_max_epochs=1)
+    )
+    monkeypatch.chdir(vector)
+    main(["fit", "--config", "config.yaml"])
+    ckpt = vector / "ckpt" / "last.ckpt"
+    for i, (overrides, class_path, setting) in enumerate(OTHER_RUNS):
+        other = tmp_path / f"other{i}"
+        config = tiny_config(tiny_backbone_dir, sentiment_like_jsonl, **{"model_form": "vector", **overrides})
+        config["model"]["class_path"] = class_path
+        # `last` is looked up in the config's checkpoint folder: point it at the vector run's
+        config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(vector / "ckpt")
+        write_config(other, config)
+        monkeypatch.chdir(other)
+        for subcommand, ckpt_arg in [("fit", str(ckpt)), ("fit", "last"), ("validate", str(ckpt)),
+                                     ("test", str(ckpt)), ("predict", str(ckpt))]:  # fmt: skip
+            with pytest.raises(SystemExit) as refused:
+                main([subcommand, "--config", "config.yaml", "--ckpt_path", ckpt_arg])
+            message = str(refused.value.code)
+            assert message.startswith(f"lightning-split {subcommand}: error: --ckpt_path {ckpt} belongs to another run")
+            assert setting in message and "use that run's config, or drop --ckpt_path" in message
+        assert [p.name for p in other.iterdir()] == ["config.yaml"], "a refused run wrote something"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x80\x04not a checkpoint at all", "cannot read this checkpoint (UnpicklingError): the file is damaged"),
+        ({"state_dict": {}, "epoch": 0}, "was not written by lightning_split (no 'lightning_split' control metadata)"),
+        (None, "no such file"),
+    ],
+    ids=["damaged", "foreign", "missing"],
+)
+def test_unusable_ckpt_file_is_refused_with_its_name(
+    tiny_backbone_dir, sentiment_like_jsonl, tmp_path, monkeypatch, content, message
+):
+    write_config(tmp_path, tiny_config(tiny_backbone_dir, sentiment_like_jsonl))
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "given.ckpt"
+    if isinstance(content, bytes):
+        ckpt.write_bytes(content)
+    elif content is not None:
+        torch.save(content, ckpt)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as refused:
+        main(["test", "--config", "config.yaml", "--ckpt_path", str(ckpt)])
+    assert str(refused.value.code).startswith(f"lightning-split test: error: --ckpt_path {ckpt}")
+    assert message in str(refused.value.code)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_tradeoff_callback_in_trainer_callbacks_is_refused(
+    tiny_backbone_dir, sentiment_like_jsonl, tmp_path, monkeypatch
+):
+    config = tiny_config(tiny_backbone_dir, sentiment_like_jsonl)
+    config["trainer"]["callbacks"].append({"class_path": "lightning_split.callbacks.TradeoffCurveCallback"})
+    write_config(tmp_path, config)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="give its settings under `tradeoff:`"):
+        main(["fit", "--config", "config.yaml"])
+
+
+# ----------------------------------------------------------------- a folder per stage, outputs, progress
+
+
+def test_predict_keeps_the_fits_records_and_writes_its_own_folder(tiny_backbone_dir, sentiment_like_jsonl, tmp_path):
+    config = tiny_config(tiny_backbone_dir, sentiment_like_jsonl, model_form="vector", trainer_max_epochs=1)
+    # W&B (offline) in the run folder: the fit's config.yaml is saved there, over the input config
+    config["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"save_dir": ".", "name": "tiny", "offline": True},
+    }
+    config["tradeoff"] = {"multipliers": [-1.0, 0.0, 1.0], "every_n_val_epochs": 0}
+    write_config(tmp_path, config)
+    # a bare --test_after_fit, and a trade-off setting from the command line
+    fit = run_cli(tmp_path, "--test_after_fit", "--tradeoff.max_pairs", "2")
+    wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1
+    assert f"saved control: {Path('control') / 'control.safetensors'}" in fit.stdout
+    assert f"W&B run: {Path('wandb') / wandb_runs[0].name}" in fit.stdout
+    assert f"report_md: {Path('tradeoff') / 'test' / 'report.md'}" in fit.stdout
+    curve = json.loads((tmp_path / "tradeoff" / "test" / "curve.json").read_text())
+    assert curve["n_pairs"] == [2, 2, 2], "--tradeoff.max_pairs 2 was not applied"
+    fit_records = snapshot(tmp_path)
+    assert "config.yaml" in fit_records and "control/control.safetensors" in fit_records
+
+    predict = run_cli(
+        tmp_path, "--ckpt_path", "last", "--model.init_args.max_new_tokens", "3",
+        "--trainer.callbacks+=lightning_split.callbacks.JsonlPredictionWriter",
+        "--trainer.enable_progress_bar", "true", "--progress_interval", "0", subcommand="predict",
+    )  # fmt: skip
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k in fit_records} == fit_records, "predict changed the fit's records"
+    new = sorted(set(after) - set(fit_records))
+    (stage,) = {Path(k).parts[0] for k in new}
+    assert stage.startswith("predict-")
+    assert {f"{stage}/config.yaml", f"{stage}/predictions.jsonl"} <= set(new)
+    assert any(k.startswith(f"{stage}/wandb/offline-run-") for k in new), new
+    assert f"predictions: {Path(stage) / 'predictions.jsonl'}" in predict.stdout
+    assert f"W&B run: {Path(stage) / 'wandb' / 'offline-run-'}" in predict.stdout
+    # stdout is a pipe: progress comes as lines with counts (5 test pairs, eval batch 1)
+    lines = [line for line in predict.stdout.splitlines() if line.startswith("[predict] batch")]
+    assert [line.split(" · ")[0] for line in lines] == [f"[predict] batch {n}/5 ({20 * n}%)" for n in range(6)]
+    assert all(" elapsed · " in line and " left" in line for line in lines)

@@ -80,12 +80,7 @@ def test_eval_shards_are_unpadded(smollm2_tokenizer, sentiment_like_jsonl):
 
 
 def _with_tradeoff(config: dict) -> dict:
-    config["trainer"]["callbacks"].append(
-        {
-            "class_path": "lightning_split.callbacks.TradeoffCurveCallback",
-            "init_args": {"multipliers": [-1.0, 0.0, 1.0], "every_n_val_epochs": 1},
-        }
-    )
+    config["tradeoff"] = {"multipliers": [-1.0, 0.0, 1.0], "every_n_val_epochs": 1}
     return config
 
 

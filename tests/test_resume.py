@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import lightning as L
@@ -22,7 +21,7 @@ import torch
 from lightning_split import SplitSteering
 from lightning_split.data.datamodule import PolarityDataModule
 from lightning_split.models.steering_module import CHECKPOINT_KEY
-from tests.cli_runs import cli_command, cli_env, control, run_cli, tiny_config, write_config
+from tests.cli_runs import cli_command, cli_env, control, run_cli, tiny_config, wait_for, write_config
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
 
@@ -43,17 +42,6 @@ def _is_plain(value: object) -> bool:
     return isinstance(value, PLAIN_TYPES)
 
 
-def _wait_for(path: Path, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None:
-            out, err = process.communicate()
-            raise AssertionError(f"the run ended before pausing ({process.returncode}):\n{out[-2000:]}\n{err[-4000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_backbone_dir, sentiment_like_jsonl, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -65,7 +53,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_backbone_di
     reference = subprocess.Popen(cli_command(), cwd=straight, **kw)
     victim = subprocess.Popen(cli_command(), cwd=killed, **kw)
     try:
-        _wait_for(killed / "paused", victim, timeout=240)
+        wait_for(killed / "paused", victim, timeout=240)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=60)
     finally:

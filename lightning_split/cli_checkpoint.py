@@ -1,0 +1,148 @@
+"""Checks ``--ckpt_path`` against the parsed CLI config before anything runs or is written.
+
+LightningCLI merges a checkpoint's hyper-parameters over the parsed config, so ``--ckpt_path`` with the
+checkpoint of another run silently turns the run into that one (a vector checkpoint given to a LoRA config
+trains a vector and writes it into the LoRA run's folder). :func:`check_checkpoint` refuses a checkpoint
+whose model class, backbone, form, layers or rank differ from the config's, and a file that cannot be read
+or was not written by lightning_split, naming the file, the setting and what to do. The other settings it
+reports, since the checkpoint's values replace the config's.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models.steering_module import CHECKPOINT_KEY
+
+IDENTITY_SETTINGS = ("backbone", "form", "layer", "layers")
+"""Model settings that make a control what it is: a checkpoint must agree with the config on each."""
+
+SHAPE_SETTINGS = {"rank": ("lora", "reft"), "lora_alpha": ("lora",)}
+"""Settings that define the control only for some forms."""
+
+TRAINER_RESOLVED = ("best", "hpc")
+"""``--ckpt_path`` values the trainer resolves itself (``registry`` ones too)."""
+
+
+class CheckpointError(ValueError):
+    """A ``--ckpt_path`` that this run cannot use (the message names the file and what to do)."""
+
+
+def import_class(class_path: str) -> type:
+    """The class a config's ``class_path`` names."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def find_last(callbacks: list[dict[str, Any]] | None) -> Path | None:
+    """The newest ``last.ckpt`` in the folders of the config's ``ModelCheckpoint`` callbacks (as the trainer
+    resolves ``--ckpt_path last``); ``None`` when no folder is set or none holds one."""
+    found: list[Path] = []
+    for callback in callbacks or []:
+        dirpath = (callback.get("init_args") or {}).get("dirpath")
+        if str(callback.get("class_path", "")).endswith("ModelCheckpoint") and dirpath and Path(dirpath).is_dir():
+            found += [p for p in Path(dirpath).iterdir() if p.suffix == ".ckpt" and p.stem.startswith("last")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_checkpoint(ckpt_path: str, trainer_config: dict[str, Any]) -> Path | None:
+    """The checkpoint file ``--ckpt_path`` names, or ``None`` when the trainer resolves it (``best``, ``hpc``,
+    ``registry``, or ``last`` without a ``last.ckpt`` in a configured checkpoint folder).
+
+    Raises:
+        CheckpointError: a path that is not a file.
+    """
+    if ckpt_path in TRAINER_RESOLVED or ckpt_path.startswith("registry"):
+        return None
+    if ckpt_path == "last":
+        return find_last(trainer_config.get("callbacks"))
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {ckpt_path}: no such file; pass a .ckpt written by `lightning-split fit`")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Loads a checkpoint (``weights_only``) and checks that lightning_split wrote it.
+
+    Raises:
+        CheckpointError: the file cannot be read, or holds no lightning_split control metadata.
+    """
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises many types (with long texts) for a damaged or foreign file
+        raise CheckpointError(
+            f"--ckpt_path {path}: cannot read this checkpoint ({type(err).__name__}): the file is damaged, "
+            "or not a checkpoint of plain tensors and values: pass a .ckpt written by `lightning-split fit`"
+        ) from err
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+        raise CheckpointError(
+            f"--ckpt_path {path}: this checkpoint was not written by lightning_split (no {CHECKPOINT_KEY!r} "
+            "control metadata): pass a .ckpt written by `lightning-split fit`"
+        )
+    return checkpoint
+
+
+def _describe(hparams: dict[str, Any], class_path: str) -> str:
+    settings = ", ".join(f"{k}={hparams.get(k)!r}" for k in IDENTITY_SETTINGS)
+    return f"{class_path.rpartition('.')[2]}({settings})"
+
+
+def check_checkpoint(path: Path, model_config: dict[str, Any]) -> list[str]:
+    """Refuses a checkpoint of another model; returns a note for each other setting the checkpoint replaces.
+
+    Args:
+        path: the checkpoint file.
+        model_config: the parsed ``model`` section (``class_path`` and ``init_args``).
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read, was not written by lightning_split, or its model
+            class (objective), backbone, form, layer(s), rank or LoRA alpha differ from the config's.
+    """
+    checkpoint = read_checkpoint(path)
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    saved_class = hparams.pop("_class_path", None)
+    hparams.pop("_instantiator", None)
+    init = dict(model_config.get("init_args") or {})
+    class_path = str(model_config.get("class_path", ""))
+    config_class = import_class(class_path)
+    differences: list[tuple[str, Any, Any]] = []
+    if saved_class is not None and import_class(saved_class) is not config_class:
+        differences.append(("model.class_path", saved_class, class_path))
+    saved_objective = checkpoint[CHECKPOINT_KEY].get("objective")
+    if saved_class is None and saved_objective != getattr(config_class, "objective_name", None):
+        differences.append(("objective", saved_objective, getattr(config_class, "objective_name", None)))
+    form = init.get("form")
+    keys = [*IDENTITY_SETTINGS, *(k for k, forms in SHAPE_SETTINGS.items() if form in forms)]
+    differences += [(k, hparams[k], init.get(k)) for k in keys if k in hparams and hparams[k] != init.get(k)]
+    if differences:
+        setting, saved, configured = differences[0]
+        others = "".join(f"; {k}: {a!r} vs {b!r}" for k, a, b in differences[1:])
+        raise CheckpointError(
+            f"--ckpt_path {path} belongs to another run: its {setting} is {saved!r}, this config's is "
+            f"{configured!r}{others}. A checkpoint resumes, validates, tests or predicts only the run it came "
+            f"from ({_describe(hparams, saved_class or class_path)}): use that run's config, or drop --ckpt_path "
+            "to start a new run"
+        )
+    identity = {*keys, *SHAPE_SETTINGS}
+    return [
+        f"--ckpt_path {path}: the checkpoint's {k}={v!r} replaces the config's {init[k]!r}"
+        for k, v in hparams.items()
+        if k not in identity and k in init and init[k] != v
+    ]
+
+
+__all__ = [
+    "IDENTITY_SETTINGS",
+    "SHAPE_SETTINGS",
+    "CheckpointError",
+    "check_checkpoint",
+    "find_last",
+    "import_class",
+    "read_checkpoint",
+    "resolve_checkpoint",
+]

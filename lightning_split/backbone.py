@@ -47,6 +47,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .quantization import keep_standard_4bit_layout
+
 log = logging.getLogger(__name__)
 
 #: Environment variable naming the root folder of converted-model caches.
@@ -756,6 +758,7 @@ def load_backbone(
     with _load_errors(name_or_path, source, hub_kwargs):
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **(hub_kwargs or {}))
     tokenizer = load_tokenizer(name_or_path, cache_dir)  # the source is resolved (and converted) already
+    keep_standard_4bit_layout(model)
     model.eval()
     model.requires_grad_(False)
     log.info(

@@ -32,6 +32,21 @@ def _bnb_kind(module: nn.Module) -> str | None:
     return None
 
 
+def keep_standard_4bit_layout(model: nn.Module) -> int:
+    """Turns off bitsandbytes' in-place CPU repacking of 4-bit weights; returns the number of layers changed.
+
+    On CPUs with AVX512-BF16, bitsandbytes (>= 0.49) repacks a 4-bit layer's weight into a CPU-specific layout at
+    its first inference forward (eval mode, no gradient) and rewrites its quantization state (double quantization
+    expanded, blocks laid along rows). That layout fails for layer widths that are not a multiple of the block
+    size and changes the state :func:`dequantized_weight` reads, so a run's outcome depended on the CPU it ran
+    on. With the standard layout every CPU computes the same thing.
+    """
+    layers = [m for m in model.modules() if _bnb_kind(m) == "4bit" and hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 def is_quantized(model: nn.Module) -> bool:
     """Whether ``model`` holds any bitsandbytes 4-bit or 8-bit linear layer."""
     return any(_bnb_kind(m) is not None for m in model.modules())

@@ -142,7 +142,8 @@ def test_batched_updates_equal_one_update(reduction: str) -> None:
         for lo, hi in [(0, 3), (3, 20), (20, 21), (21, 50)]:
             batched[name].update(**as_torch(pairs, slice(lo, hi)), index=torch.arange(lo, hi))
         assert batched[name].compute().item() == pytest.approx(whole[name].compute().item(), rel=1e-12)
-        assert torch.equal(batched[name].per_pair().values, whole[name].per_pair().values)
+        # Equal up to summation order: a row's token sum is vectorised differently at another padded width.
+        torch.testing.assert_close(batched[name].per_pair().values, whole[name].per_pair().values, rtol=1e-12, atol=0)
         assert batched[name].pair_count() == 50
     assert batched["util"].clamped_count() == whole["util"].clamped_count()
 

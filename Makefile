@@ -2,6 +2,10 @@
 #   make demo   create .venv if missing, install everything, train SPLIT (vector) on the embedded pairs
 #               with SmolLM2-135M-Instruct, then sweep the multiplier on the test split and write the report
 #   make test   create .venv if missing, install everything, run the whole test suite
+# CI (.ci/run) also runs:
+#   make test-floor   the layout/engine/lower-reuse tests in .venv-floor, which has the oldest supported
+#                     transformers (TRANSFORMERS_FLOOR, the lower bound in pyproject.toml)
+#   make test-wheel   build the wheel, install it into a fresh venv and run the CLI outside the source tree
 # A user with a GPU installs their own torch into .venv first (or sets TORCH_SPEC); with no torch present
 # the CPU build torch==2.13.0 is installed (an unpinned torch would pull a multi-GB CUDA build).
 
@@ -10,8 +14,12 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+FLOOR_VENV ?= .venv-floor
+# the lower bound declared in pyproject.toml ("transformers>=X,...")
+TRANSFORMERS_FLOOR := $(shell sed -n 's/^ *"transformers>=\([0-9.]*\)[,"].*/\1/p' pyproject.toml)
+FLOOR_TESTS := tests/test_layout.py tests/test_engine.py tests/test_lower_reuse.py
 
-.PHONY: install demo test lint configs
+.PHONY: install demo test test-floor test-wheel lint configs
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +37,19 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+$(FLOOR_VENV)/.installed: pyproject.toml Makefile
+	@test -n "$(TRANSFORMERS_FLOOR)" || { echo "no transformers>=X bound found in pyproject.toml"; exit 1; }
+	test -x $(FLOOR_VENV)/bin/python || python3 -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -c "import torch" 2>/dev/null || $(FLOOR_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(FLOOR_VENV)/bin/pip install -q -e ".[dev]" "transformers==$(TRANSFORMERS_FLOOR)"
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+
+test-wheel: install
+	.ci/check-wheel $(VENV)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -179,8 +179,8 @@ def _run_probe(layout: ModelLayout) -> LowerReuseProbe:
         handle.remove()
     if not returns_tuple:
         return LowerReuseProbe(False, False, "the decoder forward never called block 0")
-    lower = block_io(layout, start, "input", **kwargs)
     try:
+        lower = block_io(layout, start, "input", **kwargs)
         with _bypassed_below(layout, start, lower, returns_tuple[0]):
             reused = layout.decoder(**kwargs).last_hidden_state
         torch.testing.assert_close(reused, plain)

@@ -3,8 +3,8 @@
 #               with SmolLM2-135M-Instruct, then sweep the multiplier on the test split and write the report
 #   make test   create .venv if missing, install everything, run the whole test suite
 # CI (.ci/run) also runs:
-#   make test-floor   the layout/engine/lower-reuse tests in .venv-floor, which has the oldest supported
-#                     transformers (TRANSFORMERS_FLOOR, the lower bound in pyproject.toml)
+#   make test-floor   the layout/engine/lower-reuse/PEFT-format tests in .venv-floor, which has the oldest
+#                     supported transformers and peft (their lower bounds in pyproject.toml)
 #   make test-wheel   build the wheel, install it into a fresh venv and run the CLI outside the source tree
 # A user with a GPU installs their own torch into .venv first (or sets TORCH_SPEC); with no torch present
 # the CPU build torch==2.13.0 is installed (an unpinned torch would pull a multi-GB CUDA build).
@@ -15,9 +15,10 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 FLOOR_VENV ?= .venv-floor
-# the lower bound declared in pyproject.toml ("transformers>=X,...")
-TRANSFORMERS_FLOOR := $(shell sed -n 's/^ *"transformers>=\([0-9.]*\)[,"].*/\1/p' pyproject.toml)
-FLOOR_TESTS := tests/test_layout.py tests/test_engine.py tests/test_lower_reuse.py
+# a lower bound declared in pyproject.toml: $(call floor_of,NAME) reads "NAME>=X..." and gives X
+floor_of = $(shell sed -n 's/^ *"$(1)>=\([0-9.]*\)[,"].*/\1/p' pyproject.toml)
+FLOOR_PINS := transformers==$(call floor_of,transformers) peft==$(call floor_of,peft)
+FLOOR_TESTS := tests/test_layout.py tests/test_engine.py tests/test_lower_reuse.py tests/test_peft_format.py
 
 .PHONY: install demo test test-floor test-wheel lint configs
 
@@ -39,10 +40,10 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 $(FLOOR_VENV)/.installed: pyproject.toml Makefile
-	@test -n "$(TRANSFORMERS_FLOOR)" || { echo "no transformers>=X bound found in pyproject.toml"; exit 1; }
+	@case "$(FLOOR_PINS) " in *"== "*) echo "a lower bound is missing in pyproject.toml: $(FLOOR_PINS)"; exit 1;; esac
 	test -x $(FLOOR_VENV)/bin/python || python3 -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -c "import torch" 2>/dev/null || $(FLOOR_VENV)/bin/pip install -q "$(TORCH_SPEC)"
-	$(FLOOR_VENV)/bin/pip install -q -e ".[dev]" "transformers==$(TRANSFORMERS_FLOOR)"
+	$(FLOOR_VENV)/bin/pip install -q -e ".[dev]" $(FLOOR_PINS)
 	touch $@
 
 test-floor: $(FLOOR_VENV)/.installed

@@ -8,7 +8,8 @@ everything recomputed):
 2. the vocabulary projection runs only at the positions that predict completion tokens;
 3. the frozen blocks below the first intervention do not depend on the control: their output is computed
    once without gradients (:meth:`PairScorer.lower_states`) and fed back to the upper blocks, across
-   multipliers and, through :class:`LowerStateCache`, across epochs.
+   multipliers and, through :class:`LowerStateCache`, across epochs, on every model where an exactness
+   probe finds this gives the plain result (:mod:`lightning_split.lower_reuse`).
 
 :func:`plain_pair_logprobs` is the plain way, kept as the reference for tests and benchmarks.
 """

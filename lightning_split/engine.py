@@ -8,17 +8,16 @@ everything recomputed):
 2. the vocabulary projection runs only at the positions that predict completion tokens;
 3. the frozen blocks below the first intervention do not depend on the control: their output is computed
    once without gradients (:meth:`PairScorer.lower_states`) and fed back to the upper blocks, across
-   multipliers and, through :class:`LowerStateCache`, across epochs.
+   multipliers and, through :class:`LowerStateCache`, across epochs, on every model where an exactness
+   probe finds this gives the plain result (:mod:`lightning_split.lower_reuse`).
 
 :func:`plain_pair_logprobs` is the plain way, kept as the reference for tests and benchmarks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -26,6 +25,7 @@ from torch import nn
 from .data.batch import PairBatch
 from .interventions.base import Intervention
 from .layout import ModelLayout
+from .lower_reuse import block_io, upper_blocks_only
 from .packing import PackedPairs, allowed_attention, pack_pairs
 from .steering import Positions, generated_value_for, steer, token_mask_for
 
@@ -73,31 +73,6 @@ class PairLogProbs:
     def select(self, rows: slice | torch.Tensor) -> PairLogProbs:
         """Returns the pairs at ``rows``."""
         return PairLogProbs(self.pos[rows], self.neg[rows], self.pos_mask[rows], self.neg_mask[rows])
-
-
-class _PassThrough(nn.Module):
-    """Stands in for a frozen lower block whose output is already known."""
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # noqa: D102
-        return hidden_states
-
-
-class _StopForward(Exception):
-    def __init__(self, hidden: torch.Tensor) -> None:
-        self.hidden = hidden
-
-
-@contextmanager
-def _lower_blocks_skipped(layout: ModelLayout, start: int) -> Iterator[None]:
-    blocks = layout.blocks
-    saved = [blocks[i] for i in range(start)]
-    try:
-        for i in range(start):
-            blocks[i] = _PassThrough()
-        yield
-    finally:
-        for i, block in enumerate(saved):
-            blocks[i] = block
 
 
 def attention_mask_for(model: nn.Module, packed: PackedPairs) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -167,7 +142,7 @@ class PairScorer:
         layout: its :class:`~lightning_split.layout.ModelLayout`.
         pad_id: token id used to pad packed rows.
         reuse_lower: compute the blocks below the first intervention once, without gradients, when this
-            is exact for the architecture (``layout.lower_layers_reusable``).
+            is exact for the model (``layout.lower_layers_reusable``, probed on the model).
     """
 
     def __init__(self, model: nn.Module, layout: ModelLayout, pad_id: int = 0, reuse_lower: bool = True):
@@ -191,53 +166,30 @@ class PairScorer:
         """Returns the input of block ``start`` for every packed position (no gradients)."""
         if start == 0:
             return self.layout.decoder.get_input_embeddings()(packed.input_ids)
-        return self._run_until(packed, start, "input")
+        return block_io(self.layout, start, "input", **self._decoder_kwargs(packed))
 
     @torch.no_grad()
     def block_outputs(self, packed: PackedPairs, layer: int) -> torch.Tensor:
         """Returns the residual stream after block ``layer`` (unsteered) for every packed position."""
-        return self._run_until(packed, layer, "output")
+        return block_io(self.layout, layer, "output", **self._decoder_kwargs(packed))
 
-    def _run_until(self, packed: PackedPairs, layer: int, where: Literal["input", "output"]) -> torch.Tensor:
-        """Runs the decoder up to block ``layer`` and returns that block's input or output, skipping the rest."""
-
-        def stop_before(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            raise _StopForward(args[0] if args else kwargs["hidden_states"])
-
-        def stop_after(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
-            raise _StopForward(output[0] if isinstance(output, tuple) else output)
-
-        block = self.layout.blocks[layer]
-        if where == "input":
-            handle = block.register_forward_pre_hook(stop_before, with_kwargs=True)
-        else:
-            handle = block.register_forward_hook(stop_after)
-        try:
-            self.layout.decoder(
-                input_ids=packed.input_ids,
-                attention_mask=attention_mask_for(self.model, packed),
-                position_ids=packed.position_ids,
-                use_cache=False,
-            )
-        except _StopForward as done:
-            return done.hidden
-        finally:
-            handle.remove()
-        raise RuntimeError(f"block {layer} was never reached by the decoder forward")
+    def _decoder_kwargs(self, packed: PackedPairs) -> dict[str, object]:
+        return {
+            "input_ids": packed.input_ids,
+            "attention_mask": attention_mask_for(self.model, packed),
+            "position_ids": packed.position_ids,
+            "use_cache": False,
+        }
 
     def hidden(self, packed: PackedPairs, lower: torch.Tensor | None, start: int) -> torch.Tensor:
-        """Runs the blocks from ``start`` (all blocks if ``lower`` is None); returns the final hidden states."""
-        mask = attention_mask_for(self.model, packed)
+        """Runs the blocks from ``start`` on ``lower`` (all blocks, the plain way, if ``lower`` is None).
+
+        Returns the final hidden states.
+        """
         if lower is None:
-            out = self.layout.decoder(
-                input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, use_cache=False
-            )
-            return out.last_hidden_state
-        with _lower_blocks_skipped(self.layout, start):
-            out = self.layout.decoder(
-                inputs_embeds=lower, attention_mask=mask, position_ids=packed.position_ids, use_cache=False
-            )
-        return out.last_hidden_state
+            return self.layout.decoder(**self._decoder_kwargs(packed)).last_hidden_state
+        with upper_blocks_only(self.layout, start, lower):
+            return self.layout.decoder(**self._decoder_kwargs(packed)).last_hidden_state
 
     def score(
         self,

@@ -4,16 +4,9 @@
 architectures (Llama, Mistral, Qwen2, Qwen3, Gemma-2, Gemma-3 text, GPT-2) are found from
 ``config.model_type``; any other model works through the ``blocks_path=`` / ``down_proj_path=`` override.
 
-Reusing lower layers (``ModelLayout.lower_layers_reusable``): with the transformers versions this project
-supports (checked on 5.23), the rotary-position models pass ``inputs_embeds`` into their first block
-unchanged — Gemma-2/3 multiply by ``sqrt(hidden_size)`` inside the embedding module
-(``Gemma*ScaledWordEmbedding``), not in the decoder's forward — and positions enter only inside attention.
-A block's input hidden states can therefore be cached and fed back as ``inputs_embeds``. GPT-2 adds its
-learned absolute position embeddings to ``inputs_embeds`` inside the forward, so it cannot. Caveat for
-models with per-layer attention types (Gemma-2/3 sliding/full alternation, Qwen2/3 ``layer_types``): the
-decoder picks each block's mask and rotary table by the block's *index* in ``config.layer_types``, so a
-caller that runs only blocks ``L..`` must keep those indices (shift ``layer_types`` or run the full list
-with the lower blocks bypassed); Llama and Mistral use one mask for every block.
+Whether the frozen blocks below a control can be computed once and reused
+(``ModelLayout.lower_layers_reusable``) is decided by an exactness probe on the loaded model
+(:func:`lightning_split.lower_reuse.probe_lower_reuse`), not by architecture.
 """
 
 from __future__ import annotations
@@ -22,6 +15,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 from transformers import PreTrainedModel
+
+from .lower_reuse import probe_lower_reuse
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -35,10 +30,9 @@ class _ArchSpec:
     decoder_path: str
     blocks_attr: str
     down_proj_path: str
-    lower_layers_reusable: bool
 
 
-_ROTARY = _ArchSpec("model", "layers", "mlp.down_proj", lower_layers_reusable=True)
+_ROTARY = _ArchSpec("model", "layers", "mlp.down_proj")
 
 #: Known architectures by ``config.model_type``.
 KNOWN_ARCHITECTURES: dict[str, _ArchSpec] = {
@@ -48,7 +42,7 @@ KNOWN_ARCHITECTURES: dict[str, _ArchSpec] = {
     "qwen3": _ROTARY,
     "gemma2": _ROTARY,
     "gemma3_text": _ROTARY,
-    "gpt2": _ArchSpec("transformer", "h", "mlp.c_proj", lower_layers_reusable=False),
+    "gpt2": _ArchSpec("transformer", "h", "mlp.c_proj"),
 }
 
 
@@ -69,8 +63,6 @@ class ModelLayout:
         num_layers: number of decoder blocks.
         hidden_size: width of the residual stream.
         intermediate_size: input width of the down-projection (GPT-2: ``n_inner`` or ``4 * n_embd``).
-        lower_layers_reusable: whether a block's input hidden states can be cached and fed back as
-            ``inputs_embeds`` exactly (see the module docstring for the per-layer-type caveat).
         down_proj_conv1d: the down-projection is a GPT-2 style ``Conv1D`` whose weight is stored
             ``[in, out]`` instead of ``nn.Linear``'s ``[out, in]``.
     """
@@ -85,8 +77,16 @@ class ModelLayout:
     num_layers: int
     hidden_size: int
     intermediate_size: int
-    lower_layers_reusable: bool
     down_proj_conv1d: bool = False
+
+    @property
+    def lower_layers_reusable(self) -> bool:
+        """Whether a block's input can be computed once and the blocks above it rerun on it exactly.
+
+        Decided by :func:`~lightning_split.lower_reuse.probe_lower_reuse` on first access (a short forward
+        of the model), then cached for the model instance.
+        """
+        return probe_lower_reuse(self).exact
 
     def block(self, layer: int) -> nn.Module:
         """Return decoder block ``layer`` (0-based).
@@ -165,8 +165,7 @@ def discover_layout(
             (e.g. ``"mlp.down_proj"``).
 
     Returns:
-        The :class:`ModelLayout`. For a model described only through the overrides,
-        ``lower_layers_reusable`` is ``False`` (it cannot be known without reading the forward).
+        The :class:`ModelLayout`.
 
     Raises:
         UnsupportedArchitectureError: the architecture is unknown and an override is missing, or a path
@@ -225,7 +224,6 @@ def discover_layout(
             f"cannot read hidden/intermediate sizes of {_override_hint(model, model_type)}"
         )
 
-    default_decoder = spec is not None and blocks_path == f"{spec.decoder_path}.{spec.blocks_attr}"
     softcap = getattr(text_config, "final_logit_softcapping", None)
     return ModelLayout(
         model_type=str(model_type),
@@ -238,6 +236,5 @@ def discover_layout(
         num_layers=len(blocks),
         hidden_size=int(hidden_size),
         intermediate_size=int(intermediate),
-        lower_layers_reusable=bool(spec is not None and default_decoder and spec.lower_layers_reusable),
         down_proj_conv1d=conv1d,
     )

@@ -47,6 +47,7 @@ def test_packed_equals_plain_steered(arch: str, form: str, positions: str) -> No
     m = torch.tensor([0.0, 1.5, -2.0, 0.7])
     for reuse in (True, False):
         scorer = PairScorer(model, layout, reuse_lower=reuse)
+        assert scorer.reuse_lower is reuse  # the probe found reuse exact: the reuse path is what runs
         packed = scorer.score(batch, control, m, positions=positions)
         plain = plain_pair_logprobs(model, layout, batch, control, m, positions=positions)
         torch.testing.assert_close(packed.pos, plain.pos, atol=2e-5, rtol=0)

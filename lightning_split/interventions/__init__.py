@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..layout import ModelLayout
-from .base import FORM_REGISTRY, FormOptions, HookCall, Intervention, Site, form_class, form_of
+from .base import FORM_REGISTRY, FormOptions, HookCall, Intervention, Site, form_class, form_of, form_options
 from .full_block import FullBlockIntervention, FullBlockOptions
 from .local_weight import LocalWeightIntervention, LocalWeightOptions
 from .lora import LoRAIntervention, LoRAOptions
@@ -49,7 +49,7 @@ def build_control(options: FormOptions, layout: ModelLayout, layers: list[int]) 
 def intervention_from_config(config: dict[str, Any], layout: ModelLayout) -> Intervention:
     """Rebuilds an intervention from :meth:`Intervention.config` (weights are loaded separately)."""
     options_class = form_class(config["form"]).options
-    options = options_class(**{f.name: config[f.name] for f in fields(options_class) if f.name in config})
+    options = options_class(**{f.name: config[f.name] for f in fields(options_class) if f.name in config})  # type: ignore[arg-type]
     intervention = build_intervention(options, layout, int(config["layer"]))
     expected = {k: v for k, v in intervention.config().items() if k in config}
     if expected != config:
@@ -81,5 +81,6 @@ __all__ = [
     "build_intervention",
     "form_class",
     "form_of",
+    "form_options",
     "intervention_from_config",
 ]

@@ -163,6 +163,16 @@ def form_class(form: str) -> type[Intervention]:
     return FORM_REGISTRY[form]
 
 
+def form_options(form: str, **values: Any) -> FormOptions:
+    """The options of ``form`` (by registry name) with ``values`` set; an option the form lacks is an error."""
+    options_class = form_class(form).options
+    known = [f.name for f in fields(options_class)]  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"the {form} form has no option {unknown}; its options are {known}")
+    return options_class(**values)
+
+
 def form_of(options: FormOptions) -> type[Intervention]:
     """The registered intervention class whose options ``options`` are."""
     for cls in FORM_REGISTRY.values():

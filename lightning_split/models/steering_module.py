@@ -125,10 +125,15 @@ class SteeringModule(L.LightningModule):
         # hyper-parameters lets `predict --ckpt_path ...` take them from the command line.
         self.save_hyperparameters(ignore=list(GENERATION_ARGS))
         self.objective: Objective | None = objective if objective is not None else SPLIT()
-        # The same plain {class_path, init_args} whether the CLI or Python built the module: checkpoints load
-        # with weights_only=True and the loggers can write the hyper-parameters.
+        # The same plain hyper-parameters whether the CLI or Python built the module: form and objective as
+        # {class_path, init_args} (checkpoints load with weights_only=True, loggers can write them), and the
+        # keys with which Lightning rebuilds a module through jsonargparse (`load_from_checkpoint`, and
+        # `--ckpt_path` on the CLI, which keeps the command line's generation settings only when the class
+        # path is the canonical one).
         self.hparams["form"] = _class_spec(form, form.values())
         self.hparams["objective"] = _class_spec(self.objective, self.objective.init_args())
+        self.hparams["_class_path"] = _class_spec(self, {})["class_path"]
+        self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
         self.generation = {
             "predict_multipliers": predict_multipliers,
             "max_new_tokens": max_new_tokens,

@@ -42,7 +42,7 @@ def model() -> torch.nn.Module:
 
 
 def test_registry_lists_the_shipped_forms_and_the_example() -> None:
-    assert set(FORMS) == {"vector", "lora", "local_weight", "reft", "full"}
+    assert {"vector", "lora", "local_weight", "reft", "full"} <= set(FORMS)
     assert FORM_REGISTRY["scale"] is ScaleIntervention and "scale" not in FORMS, "FORMS is the package's own"
     for form in ALL_FORMS:
         cls = form_class(form)

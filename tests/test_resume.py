@@ -163,3 +163,12 @@ def test_resuming_into_another_form_fails_through_the_trainer(lora_checkpoint, t
     data = PolarityDataModule(dataset=str(path.parent / "pairs.jsonl"), batch_size=2)
     with pytest.raises(ValueError, match="resume with the same model, form and layer"):
         trainer.fit(module, datamodule=data, ckpt_path=path)
+
+
+def test_checkpoint_rebuilds_the_module_with_its_objective_and_form(lora_checkpoint):
+    path, module = lora_checkpoint
+    loaded = SteeringModule.load_from_checkpoint(path)
+    assert loaded.form == "lora" and loaded.form_options == LoRAOptions()
+    assert type(loaded.objective) is type(module.objective)
+    assert loaded.objective.init_args() == module.objective.init_args()
+    assert dict(loaded.hparams) == dict(module.hparams)

@@ -137,3 +137,17 @@ def test_diffmean_needs_a_form_with_a_direction_and_no_objective() -> None:
         DiffMeanSteering(backbone="unused", form=LoRAOptions())
     with pytest.raises(ValueError, match="not trained"):
         DiffMeanSteering(backbone="unused", objective=SteeringModule().objective)
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [  # control.json entries as the code before the registry wrote them
+        {"form": "vector", "layer": 1, "hidden_size": 64, "init_std": 0.2},
+        {"form": "lora", "layer": 1, "in_features": 96, "out_features": 64, "rank": 3, "alpha": 5.0, "dropout": 0.0},
+        {"form": "reft", "layer": 1, "hidden_size": 64, "rank": 3},
+        {"form": "local_weight", "layer": 1, "in_features": 96, "out_features": 64},
+        {"form": "full", "layer": 1},
+    ],
+)
+def test_controls_saved_before_the_registry_still_rebuild(saved: dict, model: torch.nn.Module) -> None:
+    assert intervention_from_config(saved, discover_layout(model)).config() == saved

@@ -50,11 +50,6 @@ class FormOptions:
     not have is a parse error. The class itself is not a dataclass, which keeps its subclasses selectable.
     """
 
-    @property
-    def form(self) -> str:
-        """The name of the form these options belong to."""
-        return form_of(self).form
-
     def values(self) -> dict[str, Any]:
         """The options as a plain dict (recorded in checkpoints and saved controls)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]

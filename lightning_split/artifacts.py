@@ -33,19 +33,22 @@ CONFIG_FILE = "control.json"
 FORMAT_VERSION = 1
 
 _TRAINING_KEYS = (
-    "lr", "weight_decay", "rank", "lora_alpha", "init_std", "eval_multiplier", "nll_reduction", "dtype",
-    "quantization",
+    "form", "objective", "lr", "weight_decay", "eval_multiplier", "nll_reduction", "dtype", "quantization",
 )  # fmt: skip
 
 
 def control_metadata(
     control: nn.ModuleList, hparams: dict[str, Any], objective: str, multipliers: list[float]
 ) -> dict[str, Any]:
-    """Builds the JSON-able description of a control and how it was trained."""
+    """Builds the JSON-able description of a control and how it was trained.
+
+    ``training`` holds the module's settings, the form's options and the objective's arguments among them
+    (``{class_path, init_args}``).
+    """
     return {
         "format_version": FORMAT_VERSION,
         "backbone": hparams.get("backbone"),
-        "form": hparams.get("form"),
+        "form": control[0].form,
         "positions": hparams.get("positions", "all"),
         "objective": objective,
         "multipliers": [float(m) for m in multipliers],

@@ -1,7 +1,7 @@
 """Benchmark: memory and training-step time of SPLIT LoRA on fp32, bf16, int8, NF4 and NF4-dq backbones.
 
 Each (model, mode) runs in its own child process (clean peak memory) on the CPU: a ``lightning.Trainer`` fits
-``SplitSteering(form="lora", rank=4)`` at the middle block on the embedded sentiment pairs (batch 4,
+SPLIT with ``LoRAOptions(rank=4)`` at the middle block on the embedded sentiment pairs (batch 4,
 bidirectional, so 8 packed rows a step) for ``--warmup + --steps`` steps, then saves a checkpoint. Measured:
 
 - ``weights``: bytes of the backbone's tensors (parameters, buffers and bitsandbytes quantization
@@ -156,8 +156,10 @@ def child(model_name: str, mode: str, args: argparse.Namespace) -> None:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from lightning_split import SplitSteering
+    from lightning_split import SteeringModule
     from lightning_split.data.datamodule import PolarityDataModule
+    from lightning_split.interventions import LoRAOptions
+    from lightning_split.objectives import SPLIT
 
     torch.set_num_threads(threads)
     L.seed_everything(0, verbose=False)
@@ -218,9 +220,9 @@ def child(model_name: str, mode: str, args: argparse.Namespace) -> None:
             record["peak_rss"] = _status("VmHWM")
 
     with tempfile.TemporaryDirectory() as tmp:
-        module = SplitSteering(
-            backbone=model_name, form="lora", layer=layer, rank=4, lr=0.01, quantization=quantization,
-            bidirectional=not args.one_way,
+        module = SteeringModule(
+            backbone=model_name, form=LoRAOptions(rank=4), layer=layer, lr=0.01, quantization=quantization,
+            objective=SPLIT(bidirectional=not args.one_way),
         )  # fmt: skip
         size = args.batch_size * (warmup + steps)
         data = PolarityDataModule(
@@ -333,7 +335,7 @@ def main() -> None:
             "the step column says how many warm-up and measured steps each row ran)\n\n"
             f"Machine: {machine}; load average (1/5/15 min) {start_load} at the start, {end_load} at the end: "
             "a load above the core count means other jobs ran and the times are inflated.\n\n"
-            "Setup: `SplitSteering(form='lora', rank=4)` at the middle block, embedded sentiment pairs, batch 4, "
+            "Setup: SPLIT with `LoRAOptions(rank=4)` at the middle block, embedded sentiment pairs, batch 4, "
             "bidirectional (8 packed rows a step), CPU bitsandbytes kernels (compute dtype float32 for int8/NF4). "
             "`weights` counts tensor bytes (quantization constants included); `loaded` and `train peak` are "
             "anonymous resident memory (heap; the memory-mapped safetensors files of an fp32 load are not in it) "

@@ -34,7 +34,7 @@ def run_one(form: str, mode: str, pairs: int, steps: int, layer: int, dataset: s
     from lightning_split.backbone import load_backbone
     from lightning_split.data.datamodule import PolarityDataModule
     from lightning_split.engine import PairScorer, plain_pair_logprobs
-    from lightning_split.interventions import build_control
+    from lightning_split.interventions import build_control, form_options
     from lightning_split.layout import discover_layout
     from lightning_split.models.pair_cache import LowerStateCache
     from lightning_split.objectives.split import SPLIT
@@ -47,7 +47,7 @@ def run_one(form: str, mode: str, pairs: int, steps: int, layer: int, dataset: s
     dm.set_tokenizer(tokenizer)
     dm.setup("fit")
     batches = [b.to(device) for b in dm.train_dataloader()][: steps + 1]
-    control = build_control(form, layout, [layer], rank=4).to(device)
+    control = build_control(form_options(form), layout, [layer]).to(device)
     with torch.no_grad():
         for p in control.parameters():
             p.normal_(0, 0.01)
@@ -108,8 +108,10 @@ def run_one(form: str, mode: str, pairs: int, steps: int, layer: int, dataset: s
 
 
 def main() -> None:
+    from lightning_split.interventions import FORMS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--forms", nargs="+", default=["vector", "lora", "local_weight", "reft", "full"])
+    parser.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
     parser.add_argument("--pairs", type=int, default=8, help="pairs per step")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     parser.add_argument("--layer", type=int, default=15)

@@ -4,7 +4,7 @@ The target models cannot be downloaded here, but their shapes are public. For ea
 ``scripts/make_configs.py``'s ``GPU_RUNS`` this script builds the target architecture with its real hidden
 size, MLP width, attention heads and vocabulary but only ``k = 1`` and ``k = 2`` decoder blocks (random
 weights, saved as a bf16 model folder with SmolLM2's tokenizer), and runs ``scripts/bench_precision.py``'s
-measurement on each: ``SplitSteering(form="lora", rank=4)`` at block 0, 4-bit NF4 with double quantization,
+measurement on each: SPLIT with ``LoRAOptions(rank=4)`` at block 0, 4-bit NF4 with double quantization,
 one training step on a batch made of the configured number of copies of the dataset's longest training pair
 (the worst step of an epoch). The slices compute in float32, not in the configs' bf16: a bf16 step is 40 to 95
 times slower than fp32 on this CPU (``docs/benchmarks.md``), and float32 activations are an upper bound of

@@ -17,24 +17,23 @@ from pathlib import Path
 
 import yaml
 
+from lightning_split.interventions import FORMS, FormOptions, VectorOptions, form_class
+from lightning_split.objectives import OBJECTIVE_REGISTRY, OBJECTIVES, SPLIT, Objective
+
 MODEL = "smollm2-135m-instruct"
 LAYER = 15
 DATASETS = ("sentiment", "psychopathy", "power-seeking")
-OBJECTIVES = {
-    "split": "lightning_split.SplitSteering",
-    "sft": "lightning_split.SFTSteering",
-    "reps": "lightning_split.RePSSteering",
-    "dpo": "lightning_split.DPOSteering",
-}
-FORMS = ("vector", "lora", "local_weight", "reft", "full")
 
-# Optimiser settings per form (released: vectors lr 0.08, bs 4 × GA 1; LoRA / local weight lr 0.01, 4 × 2).
+# Optimiser settings and form options per form (released: vectors lr 0.08, bs 4 × GA 1; LoRA / local weight
+# lr 0.01, 4 × 2). Every form of the registry ships configs; a form without a row takes DEFAULT_FORM_SETTINGS
+# and its default options.
+DEFAULT_FORM_SETTINGS = {"lr": 0.01, "batch_size": 4, "accumulate": 2, "options": {}}
 FORM_SETTINGS = {
-    "vector": {"lr": 0.08, "batch_size": 4, "accumulate": 1},
-    "lora": {"lr": 0.01, "batch_size": 4, "accumulate": 2, "rank": 4},
-    "local_weight": {"lr": 0.01, "batch_size": 4, "accumulate": 2},
-    "reft": {"lr": 0.01, "batch_size": 4, "accumulate": 2, "rank": 4},
-    "full": {"lr": 1.0e-4, "batch_size": 4, "accumulate": 2},
+    "vector": {"lr": 0.08, "batch_size": 4, "accumulate": 1, "options": {"init_std": 0.01}},
+    "lora": {"lr": 0.01, "batch_size": 4, "accumulate": 2, "options": {"rank": 4, "alpha": None, "dropout": 0.0}},
+    "local_weight": DEFAULT_FORM_SETTINGS,
+    "reft": {"lr": 0.01, "batch_size": 4, "accumulate": 2, "options": {"rank": 4}},
+    "full": {"lr": 1.0e-4, "batch_size": 4, "accumulate": 2, "options": {}},
 }
 
 # SPLIT coefficients (λ_n, γ, θ, bidirectional) per dataset and form, from the released Gemma-2 configs;
@@ -96,20 +95,43 @@ def tradeoff_section(sweep_pairs: int | None, multipliers: list[float] = SWEEP) 
     return {"multipliers": multipliers, "every_n_val_epochs": 1, "max_pairs": sweep_pairs}
 
 
-def method_config(dataset: str, objective: str, form: str) -> dict:
-    """One shipped config."""
-    fs = FORM_SETTINGS[form]
-    init: dict = {"backbone": MODEL, "form": form, "layer": LAYER, "lr": fs["lr"]}
-    if "rank" in fs:
-        init["rank"] = fs["rank"]
+def class_spec(value: FormOptions | Objective, init_args: dict) -> dict:
+    """``{class_path, init_args}`` of a form's options or an objective (no ``init_args`` when empty)."""
+    cls = type(value)
+    spec: dict = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
+    return {**spec, "init_args": init_args} if init_args else spec
+
+
+def form_spec(form: str) -> dict:
+    """The ``form`` argument of ``form`` with its settings' options (checked against the form's options)."""
+    options = form_class(form).options(**FORM_SETTINGS.get(form, DEFAULT_FORM_SETTINGS)["options"])
+    return class_spec(options, options.values())
+
+
+def objective_spec(dataset: str, objective: str, form: str) -> dict:
+    """The ``objective`` argument: the released SPLIT coefficients, the other objectives' defaults."""
+    arguments: dict = {}
     if objective == "split":
         lambda_n, gamma, theta, bidirectional = SPLIT_SETTINGS[dataset].get(form, SPLIT_SETTINGS[dataset]["lora"])
-        init.update(lambda_p=1.0, lambda_n=lambda_n, gamma=gamma, theta=theta, bidirectional=bidirectional)
+        arguments = {"lambda_n": lambda_n, "gamma": gamma, "theta": theta, "bidirectional": bidirectional}
+    instance = OBJECTIVE_REGISTRY[objective](**arguments)
+    return class_spec(instance, instance.init_args())
+
+
+def model_section(backbone: str, objective: dict, form: str, layer: int, lr: float, **extra: object) -> dict:
+    """The model block: one :class:`~lightning_split.SteeringModule` with its objective and form."""
+    init = {"backbone": backbone, "objective": objective, "form": form_spec(form), "layer": layer, "lr": lr}
+    return {"class_path": "lightning_split.SteeringModule", "init_args": {**init, **extra}}
+
+
+def method_config(dataset: str, objective: str, form: str) -> dict:
+    """One shipped config."""
+    fs = FORM_SETTINGS.get(form, DEFAULT_FORM_SETTINGS)
     run = f"smollm2/{dataset}/{objective}-{form}"
     return {
         "seed_everything": 42,
         "trainer": trainer_section(run, fs["accumulate"], EPOCHS[dataset]),
-        "model": {"class_path": OBJECTIVES[objective], "init_args": init},
+        "model": model_section(MODEL, objective_spec(dataset, objective, form), form, LAYER, fs["lr"]),
         "data": {"dataset": dataset, "batch_size": fs["batch_size"]},
         "tradeoff": tradeoff_section(40),
     }
@@ -120,12 +142,13 @@ def diffmean_config(dataset: str) -> dict:
     run = f"smollm2/{dataset}/diffmean-vector"
     trainer = trainer_section(run, 1, 1)
     trainer.pop("gradient_clip_val")
+    zero = VectorOptions(init_std=0.0)  # DiffMean writes the vector; it starts at zero
     return {
         "seed_everything": 42,
         "trainer": trainer,
         "model": {
             "class_path": "lightning_split.DiffMeanSteering",
-            "init_args": {"backbone": MODEL, "form": "vector", "layer": LAYER},
+            "init_args": {"backbone": MODEL, "form": class_spec(zero, zero.values()), "layer": LAYER},
         },
         "data": {"dataset": dataset, "batch_size": 8},
         "tradeoff": tradeoff_section(40),
@@ -140,7 +163,7 @@ def demo_config() -> dict:
     config["trainer"]["num_sanity_val_steps"] = 0
     config["trainer"]["limit_val_batches"] = 0
     config["tradeoff"] = tradeoff_section(None, [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0])
-    config["model"]["init_args"]["bidirectional"] = False
+    config["model"]["init_args"]["objective"]["init_args"]["bidirectional"] = False
     config["data"].update(train_size=96, test_size=40, batch_size=8)
     config["test_after_fit"] = True
     return config
@@ -158,7 +181,7 @@ GPU_RUNS: dict[str, dict] = {
         "layer": 14,
         "dataset": "psychopathy",
         # released Qwen/Psychopathy LoRA row: add+sub, 4 x GA 2, lr 0.01, 1 epoch, λ_n 0.5, γ 6, θ 0.4
-        "split": {"lambda_n": 0.5, "gamma": 6.0, "theta": 0.4, "bidirectional": True},
+        "split": SPLIT(lambda_n=0.5, gamma=6.0, theta=0.4, bidirectional=True),
         "lr": 0.01,
         "epochs": 1,
         "batch_size": 4,
@@ -174,7 +197,7 @@ GPU_RUNS: dict[str, dict] = {
         "dataset": "power-seeking",
         # released Gemma/PowerSeeking LoRA row: add only, 2 x GA 2, lr 0.01, 2 epochs, λ_n 0.5, γ 5, θ 0.4;
         # the global batch of 4 is 2 ranks x 2 pairs, so no accumulation
-        "split": {"lambda_n": 0.5, "gamma": 5.0, "theta": 0.4, "bidirectional": False},
+        "split": SPLIT(lambda_n=0.5, gamma=5.0, theta=0.4, bidirectional=False),
         "lr": 0.01,
         "epochs": 2,
         "batch_size": 2,
@@ -194,22 +217,15 @@ def gpu_config(path: str) -> dict:
     trainer.update(accelerator="gpu", devices=spec["devices"], precision="bf16-true")
     if spec["devices"] > 1:
         trainer["strategy"] = "ddp"
-    init: dict = {
-        "backbone": spec["backbone"],
-        "form": "lora",
-        "layer": spec["layer"],
-        "rank": 4,
-        "lr": spec["lr"],
-        "quantization": "nf4-dq",
-        "dtype": "bfloat16",
-        **spec["model_extra"],
-        "lambda_p": 1.0,
-        **spec["split"],
-    }
+    split = spec["split"]
+    model = model_section(
+        spec["backbone"], class_spec(split, split.init_args()), "lora", spec["layer"], spec["lr"],
+        quantization="nf4-dq", dtype="bfloat16", **spec["model_extra"],
+    )  # fmt: skip
     return {
         "seed_everything": 42,
         "trainer": trainer,
-        "model": {"class_path": OBJECTIVES["split"], "init_args": init},
+        "model": model,
         "data": {"dataset": spec["dataset"], "batch_size": spec["batch_size"], "eval_batch_size": 8},
         "tradeoff": tradeoff_section(40),
     }

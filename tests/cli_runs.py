@@ -53,8 +53,14 @@ def tiny_config(backbone: Path, dataset: Path, **overrides: Any) -> dict[str, An
             ],
         },
         "model": {
-            "class_path": "lightning_split.SplitSteering",
-            "init_args": {"backbone": str(backbone), "form": "lora", "layer": 2, "lr": 0.05},
+            "class_path": "lightning_split.SteeringModule",
+            "init_args": {
+                "backbone": str(backbone),
+                "objective": {"class_path": "lightning_split.objectives.SPLIT"},
+                "form": {"class_path": "lightning_split.interventions.LoRAOptions"},
+                "layer": 2,
+                "lr": 0.05,
+            },
         },
         "data": {"dataset": str(dataset), "batch_size": 4, "eval_batch_size": 1},
         "tradeoff": {"every_n_val_epochs": 0, "on_test": False},

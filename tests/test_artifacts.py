@@ -15,7 +15,7 @@ from torch import nn
 
 from lightning_split.artifacts import CONFIG_FILE, WEIGHTS_FILE, control_metadata, load_control, save_control
 from lightning_split.backbone import load_backbone
-from lightning_split.interventions import FORMS, build_control
+from lightning_split.interventions import FORMS, build_control, form_options
 from lightning_split.layout import discover_layout
 from lightning_split.steering import steer
 from tests.tiny_models import make_tiny_model
@@ -27,12 +27,13 @@ M = 1.3
 
 def _save_random_control(form: str, model: nn.Module, backbone: str, directory: Path, seed: int) -> nn.ModuleList:
     """Builds a control of ``form``, randomises every parameter and saves it with its metadata."""
-    control = build_control(form, discover_layout(model), [LAYER], rank=2, alpha=3.0, init_std=0.0)
+    options = {"lora": {"rank": 2, "alpha": 3.0}, "reft": {"rank": 2}, "vector": {"init_std": 0.0}}.get(form, {})
+    control = build_control(form_options(form, **options), discover_layout(model), [LAYER])
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in control.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    hparams = {"backbone": backbone, "form": form, "positions": "all", "rank": 2, "lora_alpha": 3.0, "lr": 0.01}
+    hparams = {"backbone": backbone, "positions": "all", "lr": 0.01}
     save_control(directory, control, control_metadata(control, hparams, "split", [0.5, 1.0, 1.5]))
     return control
 

@@ -15,9 +15,10 @@ from tests.cli_runs import run_cli, snapshot, tiny_config, write_config
 
 def _common(backbone: Path, data: Path, root: Path) -> list[str]:
     return [
-        "--model", "lightning_split.SplitSteering",
+        "--model", "lightning_split.SteeringModule",
         "--model.init_args.backbone", str(backbone),
-        "--model.init_args.form", "vector",
+        "--model.init_args.objective", "lightning_split.objectives.SPLIT",
+        "--model.init_args.form", "lightning_split.interventions.VectorOptions",
         "--model.init_args.layer", "2",
         "--model.init_args.lr", "0.05",
         "--data.dataset", str(data),

@@ -11,7 +11,9 @@ import yaml
 from lightning_split.cli import SteeringCLI
 from lightning_split.data.datamodule import PolarityDataModule
 from lightning_split.data.registry import DATA_DIR_ENV
+from lightning_split.interventions import FORMS
 from lightning_split.models import SteeringModule, options
+from lightning_split.objectives import OBJECTIVES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -29,7 +31,8 @@ def test_committed_configs_match_the_generator() -> None:
     expected = {path: gen.render(path, title, cfg) for path, (title, cfg) in gen.all_configs().items()}
     shipped = {str(p.relative_to(ROOT / "configs")): p.read_text() for p in CONFIGS}
     assert shipped == expected, "configs/ is out of date: run python scripts/make_configs.py"
-    assert len(shipped) == 3 * (4 * 5 + 1) + 1 + len(gen.GPU_RUNS)
+    # every objective x form and DiffMean per dataset (66 files with 4 objectives and 5 forms)
+    assert len(shipped) == 3 * (len(OBJECTIVES) * len(FORMS) + 1) + 1 + len(gen.GPU_RUNS)
     gpu = {path: cfg for path, (_, cfg) in gen.all_configs().items() if path.startswith("gpu/")}
     assert any(cfg["trainer"]["devices"] == 1 for cfg in gpu.values()), "no single-GPU config"
     assert any(cfg["trainer"].get("strategy") == "ddp" and cfg["trainer"]["devices"] > 1 for cfg in gpu.values())
@@ -68,5 +71,6 @@ def test_config_parses_and_builds(
         assert cli.model.hparams.backbone == "smollm2-135m-instruct"
     if config.parent.name != "configs" and not gpu:
         assert config.stem.endswith(cli.model.form), f"{config.name} builds form {cli.model.form}"
+        assert config.stem.startswith(cli.model.objective_name), f"{config.name} builds {cli.model.objective_name}"
     assert cli.trainer.max_epochs >= 1
     assert cli.model.backbone is None, "building a config must not load the backbone"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_split.engine import PairScorer, plain_pair_logprobs
-from lightning_split.interventions import FORMS, build_control
+from lightning_split.interventions import FORMS, build_control, form_options
 from lightning_split.layout import discover_layout
 from tests.pair_batches import random_pair_batch
 from tests.tiny_models import make_tiny_model
@@ -41,7 +41,7 @@ def test_packed_equals_plain_unsteered(arch: str, impl: str) -> None:
 def test_packed_equals_plain_steered(arch: str, form: str, positions: str) -> None:
     model = make_tiny_model(arch)
     layout = discover_layout(model)
-    control = build_control(form, layout, [2], rank=3)
+    control = build_control(form_options(form), layout, [2])
     _randomise(control)
     batch = random_pair_batch(rows=4, seed=3)
     m = torch.tensor([0.0, 1.5, -2.0, 0.7])
@@ -61,7 +61,7 @@ def test_packed_equals_plain_steered(arch: str, form: str, positions: str) -> No
 def test_zero_multiplier_is_base_model_bit_for_bit(arch: str, form: str) -> None:
     model = make_tiny_model(arch)
     layout = discover_layout(model)
-    control = build_control(form, layout, [1], rank=2)
+    control = build_control(form_options(form), layout, [1])
     _randomise(control)
     ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(0))
     from lightning_split.steering import steer

@@ -13,7 +13,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from lightning_split.interventions import FORMS, build_control, build_intervention
+from lightning_split.interventions import (
+    FORMS,
+    FullBlockOptions,
+    LocalWeightOptions,
+    LoRAOptions,
+    ReFTOptions,
+    VectorOptions,
+    build_control,
+    build_intervention,
+    form_options,
+)
 from lightning_split.interventions.reft import ReFTIntervention
 from lightning_split.layout import ModelLayout, discover_layout
 from lightning_split.steering import generated_value_for, steer, token_mask_for
@@ -87,7 +97,7 @@ def _forward_hook_count(model: nn.Module) -> int:
 def test_local_weight_equals_edited_down_proj(arch: str) -> None:
     model = _model(arch)
     layout = discover_layout(model)
-    local = build_intervention("local_weight", layout, LAYER)
+    local = build_intervention(LocalWeightOptions(), layout, LAYER)
     _randomise(local)
     edited = copy.deepcopy(model)
     _edit_down_proj(discover_layout(edited), LAYER, 0.7 * local.weight.detach(), 0.7 * local.bias.detach())
@@ -102,7 +112,7 @@ def test_local_weight_equals_edited_down_proj(arch: str) -> None:
 def test_lora_equals_scaled_b_a_edit(arch: str, m: float) -> None:
     model = _model(arch)
     layout = discover_layout(model)
-    lora = build_intervention("lora", layout, LAYER, rank=3, alpha=7.0)
+    lora = build_intervention(LoRAOptions(rank=3, alpha=7.0), layout, LAYER)
     _randomise(lora, seed=2, scale=0.2)
     a = lora.lora_A.weight.detach().double().numpy()
     b = lora.lora_B.weight.detach().double().numpy()
@@ -119,7 +129,7 @@ def test_lora_equals_scaled_b_a_edit(arch: str, m: float) -> None:
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_vector_equals_adding_scaled_vector_to_block_output(arch: str) -> None:
     model = _model(arch)
-    vector = build_intervention("vector", discover_layout(model), LAYER)
+    vector = build_intervention(VectorOptions(), discover_layout(model), LAYER)
     _randomise(vector, scale=0.5)
     v = vector.vector.detach().clone()
     edited = _with_output_hook(model, LAYER, lambda h: h + 1.3 * v)
@@ -152,7 +162,7 @@ def test_reft_rotation_is_orthonormal_gram_schmidt_of_raw(seed: int) -> None:
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_reft_equals_hand_lowrank_edit(arch: str) -> None:
     model = _model(arch)
-    reft = build_intervention("reft", discover_layout(model), LAYER, rank=3)
+    reft = build_intervention(ReFTOptions(rank=3), discover_layout(model), LAYER)
     _randomise(reft, seed=4, scale=0.3)
     rot = torch.from_numpy(_gram_schmidt(reft.rotate_raw.detach().double().numpy())).float()
     w, b = reft.learned_source.weight.detach().clone(), reft.learned_source.bias.detach().clone()
@@ -168,7 +178,7 @@ def test_reft_equals_hand_lowrank_edit(arch: str) -> None:
 @pytest.mark.parametrize("form", FORMS)
 def test_per_example_multipliers_equal_single_runs(form: str) -> None:
     model = _model("llama")
-    control = build_control(form, discover_layout(model), [1], rank=2)
+    control = build_control(form_options(form), discover_layout(model), [1])
     _randomise(control, seed=5, scale=0.2)
     ids = _ids(rows=3, seed=4)
     m = torch.tensor([0.0, 1.0, -2.0])
@@ -183,7 +193,7 @@ def test_per_example_multipliers_equal_single_runs(form: str) -> None:
 def test_hooks_removed_on_exit_and_on_exception() -> None:
     model = _model("gemma3")
     layout = discover_layout(model)
-    control = build_control("lora", layout, [1, 3], rank=2)
+    control = build_control(LoRAOptions(rank=2), layout, [1, 3])
     _randomise(control, seed=6, scale=0.3)
     ids = _ids(rows=3, seed=5)
     base = _logits(model, ids)
@@ -217,7 +227,7 @@ def _segments() -> torch.Tensor:
 def test_only_masked_positions_are_steered(positions: str, form: str) -> None:
     model = _model("llama")
     layout = discover_layout(model)
-    control = build_control(form, layout, [LAYER])
+    control = build_control(form_options(form), layout, [LAYER])
     _randomise(control, seed=7, scale=0.5)
     ids, segments = _ids(rows=2, length=10, seed=6), _segments()
     mask = token_mask_for(segments, positions)
@@ -254,7 +264,7 @@ def test_cached_generation_follows_generated_value(positions: str) -> None:
     """Greedy ``generate`` (KV cache) under steering equals a cache-free loop with the full mask each step."""
     model = _model("llama")
     layout = discover_layout(model)
-    vector = build_intervention("vector", layout, 1)
+    vector = build_intervention(VectorOptions(), layout, 1)
     _randomise(vector, seed=8, scale=1.0)
     ids, new = _ids(rows=2, length=7, seed=7), 8
     prompt_mask = token_mask_for(torch.zeros_like(ids), positions)
@@ -288,7 +298,7 @@ def test_cached_generation_follows_generated_value(positions: str) -> None:
 def test_full_block_at_one_equals_replaced_block(arch: str) -> None:
     model = _model(arch)
     layout = discover_layout(model)
-    full = build_intervention("full", layout, LAYER)
+    full = build_intervention(FullBlockOptions(), layout, LAYER)
     g = torch.Generator().manual_seed(9)
     with torch.no_grad():
         for p in full.block.parameters():

@@ -15,9 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_split import DiffMeanSteering, RePSSteering, SplitSteering
+from lightning_split import DiffMeanSteering, SteeringModule
 from lightning_split.data.datamodule import PolarityDataModule
 from lightning_split.engine import PairLogProbs, plain_pair_logprobs
+from lightning_split.interventions import LoRAIntervention, LoRAOptions, VectorIntervention, VectorOptions
 from lightning_split.objectives.base import ADD, SUB, SUB_ABLATE
 from lightning_split.objectives.dpo import DPO
 from lightning_split.objectives.reps import RePS
@@ -125,9 +126,9 @@ def test_reps_matches_formula_and_uses_projection_out_for_vectors() -> None:
     np.testing.assert_allclose(RePS(beta_floor=2.0).pass_loss(lp, ref)["loss"].numpy(), reps_np(lp, ref, 2.0),
                                rtol=1e-6)  # fmt: skip
     assert RePS().needs_reference
-    assert RePS().passes("vector") == (ADD, SUB_ABLATE) and SUB_ABLATE.ablate and SUB_ABLATE.sign == 0
-    assert RePS().passes("lora") == (ADD, SUB)
-    assert RePS(bidirectional=False).passes("vector") == (ADD,)
+    assert RePS().passes(VectorIntervention) == (ADD, SUB_ABLATE) and SUB_ABLATE.ablate and SUB_ABLATE.sign == 0
+    assert RePS().passes(LoRAIntervention) == (ADD, SUB)
+    assert RePS(bidirectional=False).passes(VectorIntervention) == (ADD,)
 
 
 @pytest.mark.parametrize("beta", [0.1, 2.0])
@@ -135,13 +136,13 @@ def test_dpo_matches_formula(beta: float) -> None:
     lp, ref = _lp(POS, NEG), _lp(REF_POS, REF_NEG)
     got = DPO(beta=beta).pass_loss(lp, ref)["loss"].numpy()
     np.testing.assert_allclose(got, dpo_np(lp, ref, beta), rtol=1e-6)
-    assert DPO().needs_reference and DPO().passes("vector") == (ADD, SUB)
+    assert DPO().needs_reference and DPO().passes(VectorIntervention) == (ADD, SUB)
 
 
 # --------------------------------------------------------------------------- multiplier draws
 def test_draw_multipliers_deterministic_and_from_grid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     make_tiny_model("llama").config.save_pretrained(tmp_path)  # the module reads only the config; never loaded
-    module = SplitSteering(backbone=str(tmp_path), multipliers=[2.0, 4.0, 6.0, 8.0, 10.0])
+    module = SteeringModule(backbone=str(tmp_path), multipliers=[2.0, 4.0, 6.0, 8.0, 10.0])
     index = torch.arange(200)
     first = module.draw_multipliers(index, 0)
     torch.manual_seed(1234)  # the RNG state must not matter
@@ -154,7 +155,7 @@ def test_draw_multipliers_deterministic_and_from_grid(monkeypatch: pytest.Monkey
     other_pass = module.draw_multipliers(index, 1)
     assert set(other_pass.tolist()) <= {2.0, 4.0, 6.0, 8.0, 10.0}
     assert (other_pass != first).float().mean() > 0.5
-    monkeypatch.setattr(SplitSteering, "current_epoch", property(lambda self: 3))
+    monkeypatch.setattr(SteeringModule, "current_epoch", property(lambda self: 3))
     later = module.draw_multipliers(index, 0)
     assert torch.equal(later[subset], module.draw_multipliers(subset, 0))
     assert (later != first).float().mean() > 0.5
@@ -187,8 +188,8 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[i
 def test_split_module_step_matches_plain_passes(
     lambda_ref: float, tiny_backbone_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = _module(SplitSteering, tiny_backbone_dir, form="lora", lambda_n=0.4, gamma=6.0, theta=0.5,
-                     lambda_ref=lambda_ref)  # fmt: skip
+    objective = SPLIT(lambda_n=0.4, gamma=6.0, theta=0.5, lambda_ref=lambda_ref)
+    module = _module(SteeringModule, tiny_backbone_dir, form=LoRAOptions(), objective=objective)
     batch = random_pair_batch(rows=3, seed=11)
     reference_calls = _count_calls(monkeypatch, module, "reference")
     cache_calls = _count_calls(monkeypatch, module._reference_cache, "logprobs")
@@ -217,7 +218,7 @@ def test_split_module_step_matches_plain_passes(
 
 
 def test_reps_vector_step_projects_out_on_sub_pass(tiny_backbone_dir: Path) -> None:
-    module = _module(RePSSteering, tiny_backbone_dir, form="vector")
+    module = _module(SteeringModule, tiny_backbone_dir, form=VectorOptions(), objective=RePS())
     batch = random_pair_batch(rows=3, seed=12)
     seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     score_packed = module.scorer.score_packed

@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from lightning_split.interventions import LoRAIntervention, build_intervention
+from lightning_split.interventions import LoRAIntervention, LoRAOptions, build_intervention
 from lightning_split.interventions.peft_format import (
     down_proj_module_path,
     export_peft_adapter,
@@ -28,7 +28,7 @@ DOWN_PROJ = {"llama": "model.layers.2.mlp.down_proj", "gemma3": "model.layers.2.
 
 def _random_lora(arch: str, seed: int = 0) -> tuple[torch.nn.Module, LoRAIntervention]:
     model = make_tiny_model(arch)
-    lora = build_intervention("lora", discover_layout(model), LAYER, rank=3, alpha=7.0)
+    lora = build_intervention(LoRAOptions(rank=3, alpha=7.0), discover_layout(model), LAYER)
     assert isinstance(lora, LoRAIntervention)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

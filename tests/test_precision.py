@@ -9,8 +9,10 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_split import SplitSteering
+from lightning_split import SteeringModule
 from lightning_split.data.datamodule import PolarityDataModule
+from lightning_split.interventions import LoRAOptions, form_options
+from lightning_split.objectives import SPLIT
 from lightning_split.placement import backbone_device_map, backbone_dtype, check_precision_plugin
 
 
@@ -22,9 +24,11 @@ class _Losses(L.Callback):
         self.values.append(float(outputs["loss"]))
 
 
-def _fit(backbone: Path, jsonl: Path, tmp_path: Path, precision: str, form: str) -> tuple[SplitSteering, list[float]]:
+def _fit(backbone: Path, jsonl: Path, tmp_path: Path, precision: str, form: str) -> tuple[SteeringModule, list[float]]:
     L.seed_everything(0)
-    module = SplitSteering(backbone=str(backbone), form=form, layer=2, lr=0.05, bidirectional=False)
+    module = SteeringModule(
+        backbone=str(backbone), form=form_options(form), layer=2, lr=0.05, objective=SPLIT(bidirectional=False)
+    )
     losses = _Losses()
     trainer = L.Trainer(
         accelerator="cpu", precision=precision, max_steps=4, limit_val_batches=1, num_sanity_val_steps=0,
@@ -66,7 +70,7 @@ def test_bf16_trains_with_float32_control_and_float64_metrics(
 
 
 def test_to_dtype_moves_but_never_casts_the_control(tiny_backbone_dir):
-    module = SplitSteering(backbone=str(tiny_backbone_dir), form="lora", layer=2)
+    module = SteeringModule(backbone=str(tiny_backbone_dir), form=LoRAOptions(), layer=2)
     module.configure_model()
     module.to(torch.bfloat16)
     module.to("cpu", torch.float16)
@@ -103,7 +107,7 @@ def test_bitsandbytes_precision_plugin_is_refused_before_loading(tiny_backbone_d
 
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
     trainer.strategy.precision_plugin = BitsandbytesPrecision("nf4", dtype=torch.bfloat16)  # CPU Trainer refuses it
-    module = SplitSteering(backbone=str(tiny_backbone_dir), form="lora", quantization=quantization)
+    module = SteeringModule(backbone=str(tiny_backbone_dir), form=LoRAOptions(), quantization=quantization)
     module.trainer = trainer
     with pytest.raises(ValueError, match="BitsandbytesPrecision plugin" + (" on top of" if quantization else "")):
         module.setup("fit")

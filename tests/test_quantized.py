@@ -9,12 +9,13 @@ import pytest
 import torch
 
 import lightning_split.models.steering_module as steering_module
-from lightning_split import SplitSteering
+from lightning_split import SteeringModule
 from lightning_split.backbone import load_backbone
 from lightning_split.data.datamodule import PolarityDataModule
+from lightning_split.interventions import FORMS, LoRAOptions, VectorOptions, form_options
+from lightning_split.objectives import SPLIT
 from lightning_split.quantization import dense_copy, dequantized_weight, is_quantized
 
-FORMS = ("vector", "lora", "local_weight", "reft", "full")
 LR = {"vector": 0.05, "lora": 0.02, "local_weight": 0.01, "reft": 0.02, "full": 1e-3}
 SMOLLM2_LAYER = 27
 """A high block of SmolLM2's 30: the engine runs the 27 frozen blocks below once per pair, which keeps the
@@ -51,9 +52,9 @@ def test_every_form_trains_on_a_quantized_smollm2(
     kind = "Linear4bit" if quantization.startswith("nf4") else "Linear8bitLt"
     for form in FORMS:
         L.seed_everything(0)
-        module = SplitSteering(
-            backbone=str(smollm2_dir), form=form, layer=SMOLLM2_LAYER, lr=LR[form], quantization=quantization,
-            bidirectional=False,
+        module = SteeringModule(
+            backbone=str(smollm2_dir), form=form_options(form), layer=SMOLLM2_LAYER, lr=LR[form],
+            quantization=quantization, objective=SPLIT(bidirectional=False),
         )  # fmt: skip
         losses = _Losses()
         trainer = L.Trainer(
@@ -102,8 +103,8 @@ def test_full_form_copy_is_dense_and_dequantized(tiny_backbone_dir, quantization
 def test_qlora_preparation_gives_float32_hidden_states_the_hook_handles(
     tiny_backbone_dir, sentiment_like_jsonl, prepare
 ):
-    module = SplitSteering(
-        backbone=str(tiny_backbone_dir), form="lora", layer=2, quantization="nf4", dtype="bfloat16",
+    module = SteeringModule(
+        backbone=str(tiny_backbone_dir), form=LoRAOptions(), layer=2, quantization="nf4", dtype="bfloat16",
         prepare_kbit=prepare,
     )  # fmt: skip
     module.configure_model()
@@ -123,7 +124,7 @@ def test_qlora_preparation_gives_float32_hidden_states_the_hook_handles(
 
 
 def test_quantized_backbone_is_not_moved_cast_or_checkpointed(tiny_backbone_dir):
-    module = SplitSteering(backbone=str(tiny_backbone_dir), form="vector", layer=1, quantization="int8")
+    module = SteeringModule(backbone=str(tiny_backbone_dir), form=VectorOptions(), layer=1, quantization="int8")
     module.configure_model()
     module.to(torch.bfloat16)  # would raise "You cannot cast a bitsandbytes model" if the backbone were inside
     module.to("cpu")

@@ -18,8 +18,9 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_split import SplitSteering
+from lightning_split import SteeringModule
 from lightning_split.data.datamodule import PolarityDataModule
+from lightning_split.interventions import LoRAOptions, VectorOptions
 from lightning_split.models.steering_module import CHECKPOINT_KEY
 from tests.cli_runs import cli_command, cli_env, control, run_cli, tiny_config, wait_for, write_config
 
@@ -84,7 +85,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_backbone_di
 
 
 @pytest.fixture(scope="module")
-def lora_checkpoint(tiny_backbone_dir, tmp_path_factory) -> tuple[Path, SplitSteering]:
+def lora_checkpoint(tiny_backbone_dir, tmp_path_factory) -> tuple[Path, SteeringModule]:
     """A checkpoint of a 2-step SPLIT LoRA fit on the tiny backbone (layer 2), and its module."""
     root = tmp_path_factory.mktemp("ckpt")
     jsonl = root / "pairs.jsonl"
@@ -94,7 +95,7 @@ def lora_checkpoint(tiny_backbone_dir, tmp_path_factory) -> tuple[Path, SplitSte
         for i in range(8)
     ]
     jsonl.write_text("\n".join(rows) + "\n")
-    module = SplitSteering(backbone=str(tiny_backbone_dir), form="lora", layer=2, lr=0.05)
+    module = SteeringModule(backbone=str(tiny_backbone_dir), form=LoRAOptions(), layer=2, lr=0.05)
     data = PolarityDataModule(dataset=str(jsonl), batch_size=2)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -125,17 +126,17 @@ def test_checkpoint_holds_only_the_control_and_plain_types(lora_checkpoint, tiny
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"form": "vector"}, r"mismatch on 'form'.*'lora'.*'vector'"),
+        ({"form": VectorOptions()}, r"mismatch on 'form'.*'lora'.*'vector'"),
         ({"layer": 1}, r"mismatch on 'interventions'"),
-        ({"rank": 8}, r"mismatch on 'interventions'"),
+        ({"form": LoRAOptions(rank=8)}, r"mismatch on 'interventions'"),
         ({"backbone": "other-model"}, r"mismatch on 'backbone'"),
     ],
 )
 def test_mismatched_checkpoint_is_refused(lora_checkpoint, tiny_backbone_dir, change, message):
     path, _ = lora_checkpoint
     checkpoint = torch.load(path, weights_only=True)
-    settings = {"backbone": str(tiny_backbone_dir), "form": "lora", "layer": 2, **change}
-    module = SplitSteering(**{**settings, "backbone": str(tiny_backbone_dir)})  # built on the tiny model
+    settings = {"backbone": str(tiny_backbone_dir), "form": LoRAOptions(), "layer": 2, **change}
+    module = SteeringModule(**{**settings, "backbone": str(tiny_backbone_dir)})  # built on the tiny model
     module.configure_model()
     if "backbone" in change:
         module.hparams.backbone = change["backbone"]
@@ -145,8 +146,17 @@ def test_mismatched_checkpoint_is_refused(lora_checkpoint, tiny_backbone_dir, ch
 
 def test_resuming_into_another_form_fails_through_the_trainer(lora_checkpoint, tiny_backbone_dir):
     path, _ = lora_checkpoint
-    module = SplitSteering(backbone=str(tiny_backbone_dir), form="vector", layer=2)
+    module = SteeringModule(backbone=str(tiny_backbone_dir), form=VectorOptions(), layer=2)
     trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False)
     data = PolarityDataModule(dataset=str(path.parent / "pairs.jsonl"), batch_size=2)
     with pytest.raises(ValueError, match="resume with the same model, form and layer"):
         trainer.fit(module, datamodule=data, ckpt_path=path)
+
+
+def test_checkpoint_rebuilds_the_module_with_its_objective_and_form(lora_checkpoint):
+    path, module = lora_checkpoint
+    loaded = SteeringModule.load_from_checkpoint(path)
+    assert loaded.form == "lora" and loaded.form_options == LoRAOptions()
+    assert type(loaded.objective) is type(module.objective)
+    assert loaded.objective.init_args() == module.objective.init_args()
+    assert dict(loaded.hparams) == dict(module.hparams)

@@ -8,7 +8,7 @@ import torch
 
 from lightning_split.data.batch import PairBatch
 from lightning_split.engine import PairScorer, plain_pair_logprobs
-from lightning_split.interventions import build_control
+from lightning_split.interventions import build_control, form_options
 from lightning_split.layout import discover_layout
 from lightning_split.metrics import pair_nll, preference_log_odds, utility_log_odds
 from lightning_split.sweep import (
@@ -47,7 +47,7 @@ def _batches(count: int = 3, rows: int = 3) -> list[PairBatch]:
 def _setup(arch: str, form: str, layer: int = 2):
     model = make_tiny_model(arch)
     layout = discover_layout(model)
-    control = build_control(form, layout, [layer], rank=3)
+    control = build_control(form_options(form), layout, [layer])
     _randomise(control)
     return model, layout, control, PairScorer(model, layout)
 

@@ -30,9 +30,10 @@ import torch
 from lightning_split.callbacks import TradeoffCurveCallback, default_grid
 from lightning_split.callbacks.tradeoff import dedupe, limited
 
-from lightning_split import SplitSteering
+from lightning_split import SteeringModule
 from lightning_split.analysis import COLUMNS, CurveFit, TradeoffCurve, fit_curve
 from lightning_split.data.datamodule import PolarityDataModule
+from lightning_split.interventions import VectorOptions
 from lightning_split.sweep import SweepLosses
 from tests.pair_batches import random_pair_batch
 
@@ -113,8 +114,8 @@ def _csv_multipliers(path: Path) -> list[float]:
         return [float(row["multiplier"]) for row in csv.DictReader(handle)]
 
 
-def _module(backbone_dir: Path, **kwargs) -> SplitSteering:
-    return SplitSteering(backbone=str(backbone_dir), form="vector", layer=2, lr=0.05, init_std=0.3, **kwargs)
+def _module(backbone_dir: Path, **kwargs) -> SteeringModule:
+    return SteeringModule(backbone=str(backbone_dir), form=VectorOptions(init_std=0.3), layer=2, lr=0.05, **kwargs)
 
 
 # ----------------------------------------------------------------------------- W&B run

@@ -11,20 +11,22 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from lightning_split import SplitSteering
+from lightning_split import SteeringModule
 from lightning_split.data.datamodule import PolarityDataModule
+from lightning_split.interventions import form_options
+from lightning_split.objectives import SPLIT
 
 SETTINGS = {
-    "vector": {"lr": 0.1},
-    "lora": {"lr": 0.05, "rank": 4},
-    "local_weight": {"lr": 0.05},
+    "vector": {"lr": 0.1, "form": form_options("vector")},
+    "lora": {"lr": 0.05, "form": form_options("lora", rank=4)},
+    "local_weight": {"lr": 0.05, "form": form_options("local_weight")},
 }
 
 
 def _fit_and_test(form: str, backbone: Path, data_dir: Path, root: Path) -> dict[str, float]:
     L.seed_everything(0, verbose=False)
-    model = SplitSteering(
-        backbone=str(backbone), form=form, layer=15, lambda_n=0.5, gamma=8.0, theta=0.3, bidirectional=False,
+    model = SteeringModule(
+        backbone=str(backbone), layer=15, objective=SPLIT(lambda_n=0.5, gamma=8.0, theta=0.3, bidirectional=False),
         **SETTINGS[form],
     )  # fmt: skip
     data = PolarityDataModule(

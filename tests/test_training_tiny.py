@@ -5,13 +5,14 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from lightning_split import SplitSteering
+from lightning_split import SteeringModule
 from lightning_split.data.datamodule import PolarityDataModule
+from lightning_split.interventions import LoRAOptions
 
 
-def _fit(backbone_dir, data_file, root, form="lora"):
+def _fit(backbone_dir, data_file, root):
     L.seed_everything(7, verbose=False)
-    model = SplitSteering(backbone=str(backbone_dir), form=form, layer=2, lr=0.05, rank=2)
+    model = SteeringModule(backbone=str(backbone_dir), form=LoRAOptions(rank=2), layer=2, lr=0.05)
     data = PolarityDataModule(dataset=str(data_file), batch_size=4)
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -29,7 +30,7 @@ def test_seeded_training_is_repeatable_and_touches_only_the_control(tiny_backbon
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert first.control[0].lora_B.weight.abs().sum() > 0, "training did not move the LoRA branch"
-    fresh = SplitSteering(backbone=str(tiny_backbone_dir), form="lora", layer=2)
+    fresh = SteeringModule(backbone=str(tiny_backbone_dir), form=LoRAOptions(), layer=2)
     fresh.configure_model()
     for (name, p), (_, q) in zip(first.backbone.named_parameters(), fresh.backbone.named_parameters()):
         assert torch.equal(p, q), f"backbone parameter {name} changed"

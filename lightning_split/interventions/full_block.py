@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
+from ..layout import ModelLayout
 from ..quantization import dense_copy
-from .base import HookCall, Intervention
+from .base import FormOptions, HookCall, Intervention
+
+
+@dataclass(frozen=True)
+class FullBlockOptions(FormOptions):
+    """Options of the ``full`` form: none (the copy starts equal to the backbone's block)."""
 
 
 class FullBlockIntervention(Intervention):
@@ -23,8 +30,9 @@ class FullBlockIntervention(Intervention):
         block: the backbone's block to copy (not modified).
     """
 
-    site = "block"
     form = "full"
+    options = FullBlockOptions
+    site = "block"
 
     def __init__(self, layer: int, block: nn.Module) -> None:
         super().__init__(layer)
@@ -32,6 +40,10 @@ class FullBlockIntervention(Intervention):
         self.block.requires_grad_(True)
         self.block.train(False)
         self._cache: Cache | None = None
+
+    @classmethod
+    def build(cls, options: FullBlockOptions, layout: ModelLayout, layer: int) -> FullBlockIntervention:
+        return cls(layer, layout.blocks[layer])
 
     def delta(self, x: torch.Tensor, call: HookCall) -> torch.Tensor:
         def prepare(value: Any) -> Any:

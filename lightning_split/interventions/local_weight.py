@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import HookCall, Intervention
+from ..layout import ModelLayout
+from .base import FormOptions, HookCall, Intervention
+
+
+@dataclass(frozen=True)
+class LocalWeightOptions(FormOptions):
+    """Options of the ``local_weight`` form: none (``ΔW`` and ``Δb`` start at zero)."""
 
 
 class LocalWeightIntervention(Intervention):
@@ -23,8 +30,9 @@ class LocalWeightIntervention(Intervention):
         out_features: down-projection output width (the hidden size).
     """
 
-    site = "down_proj"
     form = "local_weight"
+    options = LocalWeightOptions
+    site = "down_proj"
 
     def __init__(self, layer: int, in_features: int, out_features: int) -> None:
         super().__init__(layer)
@@ -32,6 +40,10 @@ class LocalWeightIntervention(Intervention):
         self.out_features = int(out_features)
         self.weight = nn.Parameter(torch.zeros(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features))
+
+    @classmethod
+    def build(cls, options: LocalWeightOptions, layout: ModelLayout, layer: int) -> LocalWeightIntervention:
+        return cls(layer, layout.intermediate_size, layout.hidden_size)
 
     def delta(self, x: torch.Tensor, call: HookCall) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)

@@ -9,12 +9,29 @@ by the steering multiplier.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import HookCall, Intervention
+from ..layout import ModelLayout
+from .base import FormOptions, HookCall, Intervention
+
+
+@dataclass(frozen=True)
+class LoRAOptions(FormOptions):
+    """Options of the ``lora`` form.
+
+    Args:
+        rank: LoRA rank ``r``.
+        alpha: LoRA alpha (``None``: equal to ``rank``, a scaling of 1).
+        dropout: dropout on the branch input during training (peft's ``lora_dropout``).
+    """
+
+    rank: int = field(default=4, metadata={"min": 1})
+    alpha: float | None = field(default=None, metadata={"above": 0.0})
+    dropout: float = field(default=0.0, metadata={"min": 0.0, "below": 1.0})
 
 
 class LoRAIntervention(Intervention):
@@ -29,8 +46,10 @@ class LoRAIntervention(Intervention):
         dropout: dropout on the branch input during training (peft's ``lora_dropout``).
     """
 
-    site = "down_proj"
     form = "lora"
+    options = LoRAOptions
+    site = "down_proj"
+    prepare_kbit_by_default = True
 
     def __init__(
         self,
@@ -52,6 +71,13 @@ class LoRAIntervention(Intervention):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
+
+    @classmethod
+    def build(cls, options: LoRAOptions, layout: ModelLayout, layer: int) -> LoRAIntervention:
+        return cls(
+            layer, layout.intermediate_size, layout.hidden_size, options.rank, alpha=options.alpha,
+            dropout=options.dropout,
+        )  # fmt: skip
 
     @property
     def scaling(self) -> float:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import HookCall, Intervention
+from ..layout import ModelLayout
+from .base import FormOptions, HookCall, Intervention
+
+
+@dataclass(frozen=True)
+class ReFTOptions(FormOptions):
+    """Options of the ``reft`` form.
+
+    Args:
+        rank: number of rows of the orthonormal projection ``R``.
+    """
+
+    rank: int = field(default=4, metadata={"min": 1})
 
 
 class ReFTIntervention(Intervention):
@@ -21,8 +34,9 @@ class ReFTIntervention(Intervention):
         rank: number of rows of ``R``.
     """
 
-    site = "block_output"
     form = "reft"
+    options = ReFTOptions
+    site = "block_output"
 
     def __init__(self, layer: int, hidden_size: int, rank: int = 4) -> None:
         super().__init__(layer)
@@ -32,6 +46,10 @@ class ReFTIntervention(Intervention):
         nn.init.orthogonal_(raw)
         self.rotate_raw = nn.Parameter(raw)
         self.learned_source = nn.Linear(hidden_size, rank)
+
+    @classmethod
+    def build(cls, options: ReFTOptions, layout: ModelLayout, layer: int) -> ReFTIntervention:
+        return cls(layer, layout.hidden_size, rank=options.rank)
 
     @property
     def rotation(self) -> torch.Tensor:

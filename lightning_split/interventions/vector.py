@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import HookCall, Intervention
+from ..layout import ModelLayout
+from .base import FormOptions, HookCall, Intervention
+
+
+@dataclass(frozen=True)
+class VectorOptions(FormOptions):
+    """Options of the ``vector`` form.
+
+    Args:
+        init_std: standard deviation of the random initial vector (0 gives a zero vector).
+    """
+
+    init_std: float = field(default=0.01, metadata={"min": 0.0})
 
 
 class VectorIntervention(Intervention):
@@ -19,8 +32,10 @@ class VectorIntervention(Intervention):
         init_std: standard deviation of the random initial vector (0 gives a zero vector).
     """
 
-    site = "block_output"
     form = "vector"
+    options = VectorOptions
+    site = "block_output"
+    has_direction = True
 
     def __init__(self, layer: int, hidden_size: int, init_std: float = 0.01) -> None:
         super().__init__(layer)
@@ -28,14 +43,16 @@ class VectorIntervention(Intervention):
         self.init_std = float(init_std)
         self.vector = nn.Parameter(torch.randn(hidden_size) * init_std)
 
+    @classmethod
+    def build(cls, options: VectorOptions, layout: ModelLayout, layer: int) -> VectorIntervention:
+        return cls(layer, layout.hidden_size, init_std=options.init_std)
+
     def delta(self, x: torch.Tensor, call: HookCall) -> torch.Tensor:
         return self.vector.expand_as(x)
 
-    def ablate(self, h: torch.Tensor) -> torch.Tensor:
-        """Removes the positive projection of ``h`` on ``v``: ``−ReLU(h·v)/‖v‖²·v`` (RePS null-it-out)."""
-        v = self.vector
-        coef = torch.relu(h @ v) / v.pow(2).sum().clamp_min(1e-12)
-        return -coef.unsqueeze(-1) * v
+    @property
+    def direction(self) -> nn.Parameter:
+        return self.vector
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "hidden_size": self.hidden_size, "init_std": self.init_std}

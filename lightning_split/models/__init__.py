@@ -1,6 +1,6 @@
-"""The LightningModule family: :class:`SteeringModule` and one named subclass per method."""
+"""The LightningModules: :class:`SteeringModule` (any objective, any form) and :class:`DiffMeanSteering`."""
 
-from .methods import DiffMeanSteering, DPOSteering, RePSSteering, SFTSteering, SplitSteering
+from .diffmean import DiffMeanSteering
 from .steering_module import SteeringModule
 
-__all__ = ["DPOSteering", "DiffMeanSteering", "RePSSteering", "SFTSteering", "SplitSteering", "SteeringModule"]
+__all__ = ["DiffMeanSteering", "SteeringModule"]

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from ..backbone import AttnImplementation, Dtype, Quantization, backbone_num_layers
-from ..interventions import FORMS
+from ..interventions import FormOptions
+from ..objectives import Objective
 from ..steering import POSITIONS
 
 
@@ -87,10 +88,10 @@ def check_layers(backbone: str, layer: int | None, layers: Sequence[int] | None,
 def check_steering_options(options: dict[str, Any]) -> None:
     """Checks every ``SteeringModule`` option that can be checked without loading the backbone.
 
-    Choices (``form``, ``positions``, ``nll_reduction``, ``dtype``, ``quantization``, ``attn_implementation``;
-    the CLI's parser enforces them too, through the ``Literal`` types), number ranges (``lr > 0``,
-    ``weight_decay >= 0``, ``rank >= 1``, ...), and the layers against the block count in the backbone's
-    config (skipped with a custom ``blocks_path``).
+    Types (``objective``; ``form``, whose options check their own ranges), choices (``positions``,
+    ``nll_reduction``, ``dtype``, ``quantization``, ``attn_implementation``; the CLI's parser enforces them too,
+    through the ``Literal`` types), number ranges (``lr > 0``, ``weight_decay >= 0``, ...), and the layers against
+    the block count in the backbone's config (skipped with a custom ``blocks_path``).
 
     Args:
         options: the module's ``__init__`` arguments by name.
@@ -100,7 +101,12 @@ def check_steering_options(options: dict[str, Any]) -> None:
         BackboneLoadError: the hub cannot be reached or the model is not there.
         FileNotFoundError: the backbone path does not exist.
     """
-    check_choice("form", options["form"], FORMS)
+    if options["objective"] is not None and not isinstance(options["objective"], Objective):
+        raise OptionError(
+            f"{_option('objective')} is {options['objective']!r}; give an Objective, e.g. SPLIT(gamma=5.0)"
+        )
+    if not isinstance(options["form"], FormOptions):
+        raise OptionError(f"{_option('form')} is {options['form']!r}; give a form's options, e.g. LoRAOptions(rank=4)")
     check_choice("positions", options["positions"], POSITIONS)
     check_choice("nll_reduction", options["nll_reduction"], ("mean", "sum"))
     check_choice("dtype", options["dtype"], get_args(Dtype))
@@ -108,15 +114,11 @@ def check_steering_options(options: dict[str, Any]) -> None:
     check_choice("attn_implementation", options["attn_implementation"], [None, *get_args(AttnImplementation)])
     for name in ("lr", "temperature"):
         check_number(name, options[name], positive=True)
-    for name in ("weight_decay", "init_std"):
-        check_number(name, options[name], non_negative=True)
+    check_number("weight_decay", options["weight_decay"], non_negative=True)
     check_number("eval_multiplier", options["eval_multiplier"])
-    if options["lora_alpha"] is not None:
-        check_number("lora_alpha", options["lora_alpha"], positive=True)
-    for name in ("rank", "max_new_tokens"):
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise OptionError(f"{_option(name)} is {value!r}; it must be an integer >= 1")
+    value = options["max_new_tokens"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(f"{_option('max_new_tokens')} is {value!r}; it must be an integer >= 1")
     for value in options["multipliers"] or []:
         check_number("multipliers", value, positive=True, why=" (the sign comes from the objective's passes)")
     for value in options["predict_multipliers"] or []:

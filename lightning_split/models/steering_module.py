@@ -4,8 +4,10 @@
 :meth:`~SteeringModule.configure_model`, builds the control, draws a multiplier per example, runs the
 objective's passes through the packed engine, measures preference and utility log-odds on validation and
 test pairs, generates steered text in ``predict``, checkpoints only the control, and saves the trained
-control as an artefact at the end of ``fit``. The named subclasses in :mod:`lightning_split.models.methods`
-only choose the objective and its settings, so a config reads ``class_path: lightning_split.SplitSteering``.
+control as an artefact at the end of ``fit``. The form and the objective are typed arguments that a config
+picks by class path (``form: {class_path: lightning_split.interventions.LoRAOptions, init_args: {rank: 4}}``,
+``objective: {class_path: lightning_split.objectives.SPLIT, init_args: {gamma: 5.0}}``), so a new form or
+objective needs no change here.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from ..backbone import AttnImplementation, Dtype, Quantization, load_backbone
 from ..data.batch import PairBatch, repeat_batch
 from ..engine import PairLogProbs, PairScorer
 from ..generation import generate_steered
-from ..interventions import build_control
+from ..interventions import FormOptions, Intervention, VectorOptions, build_control, form_of
 from ..layout import ModelLayout, discover_layout, middle_layer
 from ..metrics import DEFAULT_REDUCTION, PairAccuracy, PreferenceLogOdds, Reduction, UtilityLogOdds
-from ..objectives.base import Objective
+from ..objectives import SPLIT, Objective
 from ..placement import backbone_device_map, backbone_dtype, check_precision_plugin
 from ..quantization import prepare_for_kbit_training
 from ..steering import Positions
@@ -37,6 +39,9 @@ from .pair_cache import LowerStateCache, ReferenceCache
 
 DEFAULT_MULTIPLIERS: tuple[float, ...] = tuple(round(0.2 * k, 1) for k in range(1, 11))
 """Training grid ``{0.2, 0.4, …, 2.0}`` (the released LoRA/local-weight grid; see ``multipliers``)."""
+
+DEFAULT_FORM = VectorOptions()
+"""The default control: a steering vector (frozen options, so one shared instance is safe)."""
 
 CHECKPOINT_KEY = "lightning_split"
 GENERATION_ARGS = ("predict_multipliers", "max_new_tokens", "do_sample", "temperature")
@@ -48,12 +53,14 @@ class SteeringModule(L.LightningModule):
     Args:
         backbone: model to steer: a registered name (``smollm2-135m-instruct``, ``gemma3-270m``), a
             Hugging Face hub id, a local folder or a ``.gguf`` file.
-        form: control form: ``vector``, ``lora``, ``local_weight``, ``reft`` or ``full``.
+        objective: the training loss, any :class:`~lightning_split.objectives.Objective` (``SPLIT``, ``SFT``,
+            ``RePS``, ``DPO``, …) with its settings; ``None``: SPLIT with its default coefficients.
+        form: the control form and its options: the options dataclass of a registered form
+            (:data:`~lightning_split.interventions.FORM_REGISTRY`), e.g. ``VectorOptions(init_std=0.01)``,
+            ``LoRAOptions(rank=4, alpha=None, dropout=0.0)``, ``LocalWeightOptions()``, ``ReFTOptions(rank=4)``,
+            ``FullBlockOptions()``.
         layer: block to steer (``None``: the middle block).
         layers: several blocks (overrides ``layer``; mostly for ``full``).
-        rank: rank of ``lora`` and ``reft``.
-        lora_alpha: LoRA alpha (``None``: equal to ``rank``).
-        init_std: standard deviation of the initial vector (``vector`` form).
         positions: steered tokens, the same in training and in use: ``all``, ``completion``, ``prompt``.
         multipliers: training grid; each example draws its ``m`` uniformly from it. The released vector
             grid is ``{2, 4, …, 20}``; only the product ``m·v`` matters, so the default ``{0.2, …, 2.0}``
@@ -69,7 +76,8 @@ class SteeringModule(L.LightningModule):
         quantization: bitsandbytes backbone: ``None``, ``nf4``, ``nf4-dq`` (double quantization), ``int8``.
             The control is never quantized and stays float32.
         prepare_kbit: run peft's ``prepare_model_for_kbit_training`` on a quantized backbone (norms and
-            embeddings upcast to float32, the QLoRA recipe); ``None``: for the ``lora`` form only.
+            embeddings upcast to float32, the QLoRA recipe); ``None``: for the forms that ask for it
+            (``Intervention.prepare_kbit_by_default``: ``lora``).
         attn_implementation: ``sdpa`` or ``eager``; ``None``: the architecture's default (``sdpa`` where
             transformers supports it, ``eager`` otherwise, e.g. Gemma-2). Flash attention cannot take the
             packed pair mask.
@@ -84,17 +92,13 @@ class SteeringModule(L.LightningModule):
         cache_dir: where converted GGUF backbones are cached.
     """
 
-    objective_name = "none"
-
     def __init__(
         self,
         backbone: str = "smollm2-135m-instruct",
-        form: Literal["vector", "lora", "local_weight", "reft", "full"] = "vector",
+        objective: Objective | None = None,
+        form: FormOptions = DEFAULT_FORM,
         layer: int | None = None,
         layers: list[int] | None = None,
-        rank: int = 4,
-        lora_alpha: float | None = None,
-        init_std: float = 0.01,
         positions: Literal["all", "completion", "prompt"] = "all",
         multipliers: list[float] | None = None,
         eval_multiplier: float = 1.0,
@@ -116,16 +120,28 @@ class SteeringModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_steering_options(locals())  # every argument, by name; before anything is loaded or written
+        self.form_class: type[Intervention] = form_of(form)
         # Generation settings are not part of what the control is; keeping them out of the checkpoint's
         # hyper-parameters lets `predict --ckpt_path ...` take them from the command line.
         self.save_hyperparameters(ignore=list(GENERATION_ARGS))
+        self.objective: Objective | None = objective if objective is not None else SPLIT()
+        # The same plain hyper-parameters whether the CLI or Python built the module: form and objective as
+        # {class_path, init_args} (checkpoints load with weights_only=True, loggers can write them), and the
+        # keys with which Lightning rebuilds a module through jsonargparse (`load_from_checkpoint`, and
+        # `--ckpt_path` on the CLI, which keeps the command line's generation settings only when the class
+        # path is the canonical one).
+        self.hparams["form"] = _class_spec(form, form.values())
+        self.hparams["objective"] = _class_spec(self.objective, self.objective.init_args())
+        self.hparams["_class_path"] = _class_spec(self, {})["class_path"]
+        self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
         self.generation = {
             "predict_multipliers": predict_multipliers,
             "max_new_tokens": max_new_tokens,
             "do_sample": do_sample,
             "temperature": temperature,
         }
-        self.form = form
+        self.form_options = form
+        self.form = self.form_class.form
         self.positions: Positions = positions
         self.multipliers = [float(m) for m in (multipliers or DEFAULT_MULTIPLIERS)]
         self.strict_loading = False
@@ -134,7 +150,6 @@ class SteeringModule(L.LightningModule):
         self.layout: ModelLayout | None = None
         self.control: nn.ModuleList | None = None
         self.scorer: PairScorer | None = None
-        self.objective = self.build_objective()
         self._lower_cache = LowerStateCache()
         self._reference_cache = ReferenceCache()
         self.metrics = nn.ModuleDict(
@@ -152,9 +167,11 @@ class SteeringModule(L.LightningModule):
         )
 
     # ----------------------------------------------------------------- building
-    def build_objective(self) -> Objective | None:
-        """The objective of this method (subclasses override)."""
-        return None
+    @property
+    def objective_name(self) -> str:
+        """The objective's registry name (recorded in saved controls and trade-off reports)."""
+        assert self.objective is not None
+        return self.objective.name
 
     @property
     def backbone(self) -> nn.Module | None:
@@ -183,15 +200,13 @@ class SteeringModule(L.LightningModule):
             attn_implementation=hp.attn_implementation,
         )
         prepare = hp.get("prepare_kbit")
-        if hp.quantization and (self.form == "lora" if prepare is None else prepare):
+        if hp.quantization and (self.form_class.prepare_kbit_by_default if prepare is None else prepare):
             model = prepare_for_kbit_training(model)
         model.requires_grad_(False).eval()
         self.__dict__["_frozen_backbone"] = model
         self.tokenizer = tokenizer
         self.layout = discover_layout(model, blocks_path=hp.blocks_path, down_proj_path=hp.down_proj_path)
-        control = build_control(
-            self.form, self.layout, self.control_layers, rank=hp.rank, alpha=hp.lora_alpha, init_std=hp.init_std
-        )
+        control = build_control(self.form_options, self.layout, self.control_layers)
         self.control = control.to(device=device, dtype=torch.float32)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.scorer = PairScorer(model, self.layout, pad_id=pad_id, reuse_lower=hp.reuse_lower_layers)
@@ -296,7 +311,7 @@ class SteeringModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
         assert self.objective is not None
-        passes = self.objective.passes(self.form)
+        passes = self.objective.passes(self.form_class)
         size = len(batch)
         m = torch.cat([p.sign * self.draw_multipliers(batch.index, k) for k, p in enumerate(passes)])
         ablate = None
@@ -415,3 +430,9 @@ class SteeringModule(L.LightningModule):
             root = Path(log_dir or self.trainer.default_root_dir)
             path = save_control(root / CONTROL_DIRNAME, self.control, self.metadata())
             self.print(f"saved control to {path}")
+
+
+def _class_spec(value: object, init_args: dict[str, Any]) -> dict[str, Any]:
+    """``{class_path, init_args}`` of a class-typed argument, as jsonargparse writes it."""
+    cls = type(value)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}

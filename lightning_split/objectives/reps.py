@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine import PairLogProbs
+from ..interventions.base import Intervention
 from .base import ADD, SUB, SUB_ABLATE, Objective, Pass
 
 
@@ -13,8 +14,8 @@ class RePS(Objective):
     """Reference-scaled preference objective of RePS (Wu et al., 2025).
 
     ``β = max(logp_ref(A_l) − logp_ref(A_w), 1)`` uses the unsteered model's summed log-likelihoods;
-    lengths are completion lengths. For the vector form the "sub" pass projects the vector out of the
-    residual stream instead of negating it (null-it-out).
+    lengths are completion lengths. For a form with a single direction (``has_direction``, the vector) the
+    "sub" pass projects it out of the residual stream instead of negating it (null-it-out).
 
     Args:
         bidirectional: also train the swapped pair.
@@ -31,10 +32,10 @@ class RePS(Objective):
     def needs_reference(self) -> bool:
         return True
 
-    def passes(self, form: str) -> tuple[Pass, ...]:
+    def passes(self, form: type[Intervention]) -> tuple[Pass, ...]:
         if not self.bidirectional:
             return (ADD,)
-        return (ADD, SUB_ABLATE if form == "vector" else SUB)
+        return (ADD, SUB_ABLATE if form.has_direction else SUB)
 
     def pass_loss(self, steered: PairLogProbs, reference: PairLogProbs | None) -> dict[str, torch.Tensor]:
         if reference is None:

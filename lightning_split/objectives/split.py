@@ -51,7 +51,7 @@ class SPLIT(Objective):
         if self.lambda_ref > 0:
             if reference is None:
                 raise ValueError("SPLIT with lambda_ref > 0 needs the reference log-likelihoods")
-            ref_term = torch.relu(ce_w - win_ce(reference)) + torch.relu(ce_l - lose_ce(reference))
+            ref_term = torch.relu(ce_w - win_ce(reference).detach()) + torch.relu(ce_l - lose_ce(reference).detach())
             loss = loss + self.lambda_ref * ref_term
             terms["ref"] = ref_term
         return {"loss": loss, **terms}

@@ -3,9 +3,9 @@
 LightningCLI merges a checkpoint's hyper-parameters over the parsed config, so ``--ckpt_path`` with the
 checkpoint of another run silently turns the run into that one (a vector checkpoint given to a LoRA config
 trains a vector and writes it into the LoRA run's folder). :func:`check_checkpoint` refuses a checkpoint
-whose model class, backbone, form, layers or rank differ from the config's, and a file that cannot be read
-or was not written by lightning_split, naming the file, the setting and what to do. The other settings it
-reports, since the checkpoint's values replace the config's.
+whose model class, backbone, form (class or options), objective class or layers differ from the config's,
+and a file that cannot be read or was not written by lightning_split, naming the file, the setting and what
+to do. The other settings it reports, since the checkpoint's values replace the config's.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from typing import Any
 
 import torch
 
-from .models.steering_module import CHECKPOINT_KEY
+from .models.steering_module import CHECKPOINT_KEY, DEFAULT_OBJECTIVE
 
-IDENTITY_SETTINGS = ("backbone", "form", "layer", "layers")
-"""Model settings that make a control what it is: a checkpoint must agree with the config on each."""
-
-SHAPE_SETTINGS = {"rank": ("lora", "reft"), "lora_alpha": ("lora",)}
-"""Settings that define the control only for some forms."""
+IDENTITY_SETTINGS = ("backbone", "form", "objective", "layer", "layers")
+"""Model settings that make a control what it is: a checkpoint must agree with the config on each (for the
+``form``, its class and every option; for the ``objective``, its class; its coefficients may change)."""
 
 TRAINER_RESOLVED = ("best", "hpc")
 """``--ckpt_path`` values the trainer resolves itself (``registry`` ones too)."""
@@ -87,8 +85,30 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def _spec_class(spec: Any) -> Any:
+    """The class a ``{class_path, init_args}`` setting names (a plain value stays itself)."""
+    return import_class(spec["class_path"]) if isinstance(spec, dict) and "class_path" in spec else spec
+
+
+def _identity(key: str, value: Any) -> Any:
+    """What must match for ``key``: the form's class and options, the objective's class, else the value."""
+    if key == "form" and isinstance(value, dict):
+        return _spec_class(value), dict(value.get("init_args") or {})
+    if key == "objective":
+        return _spec_class(value) if value is not None else _spec_class({"class_path": DEFAULT_OBJECTIVE})
+    return value
+
+
+def _show(value: Any) -> Any:
+    """A ``{class_path, init_args}`` setting as ``Name(option=value, ...)``; other values unchanged."""
+    if not (isinstance(value, dict) and "class_path" in value):
+        return value
+    options = ", ".join(f"{k}={v!r}" for k, v in (value.get("init_args") or {}).items())
+    return f"{str(value['class_path']).rpartition('.')[2]}({options})"
+
+
 def _describe(hparams: dict[str, Any], class_path: str) -> str:
-    settings = ", ".join(f"{k}={hparams.get(k)!r}" for k in IDENTITY_SETTINGS)
+    settings = ", ".join(f"{k}={_show(hparams.get(k))!r}" for k in IDENTITY_SETTINGS if k in hparams)
     return f"{class_path.rpartition('.')[2]}({settings})"
 
 
@@ -101,7 +121,7 @@ def check_checkpoint(path: Path, model_config: dict[str, Any]) -> list[str]:
 
     Raises:
         CheckpointError: the checkpoint cannot be read, was not written by lightning_split, or its model
-            class (objective), backbone, form, layer(s), rank or LoRA alpha differ from the config's.
+            class, backbone, form (class or options), objective class or layer(s) differ from the config's.
     """
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
@@ -109,36 +129,32 @@ def check_checkpoint(path: Path, model_config: dict[str, Any]) -> list[str]:
     hparams.pop("_instantiator", None)
     init = dict(model_config.get("init_args") or {})
     class_path = str(model_config.get("class_path", ""))
-    config_class = import_class(class_path)
     differences: list[tuple[str, Any, Any]] = []
-    if saved_class is not None and import_class(saved_class) is not config_class:
+    if saved_class is not None and import_class(saved_class) is not import_class(class_path):
         differences.append(("model.class_path", saved_class, class_path))
-    saved_objective = checkpoint[CHECKPOINT_KEY].get("objective")
-    if saved_class is None and saved_objective != getattr(config_class, "objective_name", None):
-        differences.append(("objective", saved_objective, getattr(config_class, "objective_name", None)))
-    form = init.get("form")
-    keys = [*IDENTITY_SETTINGS, *(k for k, forms in SHAPE_SETTINGS.items() if form in forms)]
-    differences += [(k, hparams[k], init.get(k)) for k in keys if k in hparams and hparams[k] != init.get(k)]
+    differences += [
+        (k, hparams[k], init.get(k))
+        for k in IDENTITY_SETTINGS
+        if k in hparams and _identity(k, hparams[k]) != _identity(k, init.get(k))
+    ]
     if differences:
         setting, saved, configured = differences[0]
-        others = "".join(f"; {k}: {a!r} vs {b!r}" for k, a, b in differences[1:])
+        others = "".join(f"; {k}: {_show(a)!r} vs {_show(b)!r}" for k, a, b in differences[1:])
         raise CheckpointError(
-            f"--ckpt_path {path} belongs to another run: its {setting} is {saved!r}, this config's is "
-            f"{configured!r}{others}. A checkpoint resumes, validates, tests or predicts only the run it came "
-            f"from ({_describe(hparams, saved_class or class_path)}): use that run's config, or drop --ckpt_path "
-            "to start a new run"
+            f"--ckpt_path {path} belongs to another run: its {setting} is {_show(saved)!r}, this config's is "
+            f"{_show(configured)!r}{others}. A checkpoint resumes, validates, tests or predicts only the run it "
+            f"came from ({_describe(hparams, saved_class or class_path)}): use that run's config, or drop "
+            "--ckpt_path to start a new run"
         )
-    identity = {*keys, *SHAPE_SETTINGS}
     return [
         f"--ckpt_path {path}: the checkpoint's {k}={v!r} replaces the config's {init[k]!r}"
         for k, v in hparams.items()
-        if k not in identity and k in init and init[k] != v
+        if k in init and init[k] != v and (k not in IDENTITY_SETTINGS or k == "objective")
     ]
 
 
 __all__ = [
     "IDENTITY_SETTINGS",
-    "SHAPE_SETTINGS",
     "CheckpointError",
     "check_checkpoint",
     "find_last",

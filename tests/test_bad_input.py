@@ -15,7 +15,8 @@ import huggingface_hub.constants
 import pytest
 
 from lightning_split.backbone import BackboneLoadError, backbone_num_layers
-from lightning_split.models import SplitSteering
+from lightning_split.interventions import LoRAOptions, ReFTOptions, VectorOptions
+from lightning_split.models import SteeringModule
 from lightning_split.models.options import OptionError
 from tests.tiny_models import TINY_LAYERS, make_tiny_model
 
@@ -32,10 +33,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
     ({"lr": -0.1}, r"option lr .* -0\.1; it must be a number > 0"),
     ({"lr": 0.0}, r"option lr .*must be a number > 0"),
     ({"weight_decay": -1.0}, r"option weight_decay .*>= 0"),
-    ({"init_std": math.nan}, r"option init_std .*nan"),
     ({"eval_multiplier": math.inf}, r"option eval_multiplier .*finite"),
-    ({"lora_alpha": 0.0}, r"option lora_alpha .*> 0"),
-    ({"rank": 0}, r"option rank .*integer >= 1"),
     ({"max_new_tokens": 0}, r"option max_new_tokens .*integer >= 1"),
     ({"temperature": 0.0}, r"option temperature .*> 0"),
     ({"multipliers": [1.0, -2.0]}, r"option multipliers .*-2\.0.*sign comes from"),
@@ -43,7 +41,8 @@ BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
     ({"dtype": "fp33"}, r"option dtype .*'fp33'.*'bfloat16'"),
     ({"quantization": "nf5"}, r"option quantization .*'nf5'.*'nf4'"),
     ({"attn_implementation": "flash_attention_2"}, r"option attn_implementation .*'sdpa'"),
-    ({"form": "vectr"}, r"option form .*'vectr'.*'lora'"),
+    ({"form": "vector"}, r"option form .*'vector'; give a form's options"),
+    ({"objective": "split"}, r"option objective .*'split'; give an Objective"),
     ({"positions": "everything"}, r"option positions .*'completion'"),
     ({"nll_reduction": "median"}, r"option nll_reduction .*'sum'"),
     ({"layer": TINY_LAYERS}, rf"option layer .*is {TINY_LAYERS}: .* has {TINY_LAYERS} blocks.*0\.\.{TINY_LAYERS - 1}"),
@@ -62,25 +61,43 @@ def test_bad_option_is_named_when_the_module_is_built(
     config_only_backbone: Path, options: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(OptionError, match=message):
-        SplitSteering(backbone=str(config_only_backbone), **options)
+        SteeringModule(backbone=str(config_only_backbone), **options)
+
+
+BAD_FORM_OPTIONS: list[tuple[type, dict[str, Any], str]] = [
+    (VectorOptions, {"init_std": math.nan}, r"form option init_std .*form.init_args.init_std.* nan; it must be >= 0"),
+    (VectorOptions, {"init_std": -0.1}, r"init_std .*-0\.1; it must be >= 0"),
+    (LoRAOptions, {"rank": 0}, r"form option rank .*LoRAOptions is 0; it must be >= 1"),
+    (LoRAOptions, {"alpha": 0.0}, r"form option alpha .*must be > 0"),
+    (LoRAOptions, {"dropout": 1.0}, r"form option dropout .*must be >= 0\.0, < 1\.0"),
+    (ReFTOptions, {"rank": -1}, r"form option rank .*ReFTOptions is -1"),
+]
+
+
+@pytest.mark.parametrize(("options_class", "options", "message"), BAD_FORM_OPTIONS)
+def test_bad_form_option_is_named_when_the_options_are_built(
+    options_class: type, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        options_class(**options)
 
 
 def test_good_options_pass(config_only_backbone: Path) -> None:
-    module = SplitSteering(backbone=str(config_only_backbone), layer=TINY_LAYERS - 1, quantization="nf4-dq")
+    module = SteeringModule(backbone=str(config_only_backbone), layer=TINY_LAYERS - 1, quantization="nf4-dq")
     assert module.backbone is None, "building the module must not load the backbone"
-    SplitSteering(backbone=str(config_only_backbone), layers=[0, 3], attn_implementation="eager", dtype="auto")
+    SteeringModule(backbone=str(config_only_backbone), layers=[0, 3], attn_implementation="eager", dtype="auto")
 
 
 def test_custom_layout_skips_the_config_count(config_only_backbone: Path) -> None:
     """With ``blocks_path`` the blocks may not be the config's layers: only the sign is checked up front."""
-    SplitSteering(backbone=str(config_only_backbone), layer=TINY_LAYERS + 5, blocks_path="model.layers")
+    SteeringModule(backbone=str(config_only_backbone), layer=TINY_LAYERS + 5, blocks_path="model.layers")
     with pytest.raises(OptionError, match="layer .*-2"):
-        SplitSteering(backbone=str(config_only_backbone), layer=-2, blocks_path="model.layers")
+        SteeringModule(backbone=str(config_only_backbone), layer=-2, blocks_path="model.layers")
 
 
 def test_folder_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        SplitSteering(backbone=str(tmp_path))
+        SteeringModule(backbone=str(tmp_path))
 
 
 def test_uncached_hub_id_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,7 +106,7 @@ def test_uncached_hub_id_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(
         BackboneLoadError, match=r"'nobody/nothing' is not in the local Hugging Face cache.*HF_HUB_OFFLINE"
     ):
-        SplitSteering(backbone="nobody/nothing")
+        SteeringModule(backbone="nobody/nothing")
     assert time.perf_counter() - start < 5
 
 
@@ -99,7 +116,7 @@ def test_unreachable_hub_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     start = time.perf_counter()
     with pytest.raises(BackboneLoadError, match=r"hub cannot be reached \(http://127\.0\.0\.1:9.*not in the local"):
-        SplitSteering(backbone="some-org/some-model")
+        SteeringModule(backbone="some-org/some-model")
     assert time.perf_counter() - start < 10
 
 
@@ -114,5 +131,5 @@ def test_unreachable_hub_uses_a_cached_model(monkeypatch: pytest.MonkeyPatch, tm
     start = time.perf_counter()
     assert backbone_num_layers("some-org/cached-model", cache_dir=str(tmp_path)) == TINY_LAYERS
     with pytest.raises(OptionError, match=f"cached-model has {TINY_LAYERS} blocks"):
-        SplitSteering(backbone="some-org/cached-model", cache_dir=str(tmp_path), layer=TINY_LAYERS)
+        SteeringModule(backbone="some-org/cached-model", cache_dir=str(tmp_path), layer=TINY_LAYERS)
     assert time.perf_counter() - start < 10

@@ -58,26 +58,27 @@ def test_fit_then_predict_writes_steered_generations(tiny_backbone_dir, sentimen
 # ----------------------------------------------------------------- --ckpt_path checks
 
 
+VECTOR = {"class_path": "lightning_split.interventions.VectorOptions"}
 OTHER_RUNS = [  # (config changes, model class, what the refusal must say)
-    ({"model_form": "lora"}, "lightning_split.SplitSteering", "form is 'vector', this config's is 'lora'"),
-    ({"model_layer": 1}, "lightning_split.SplitSteering", "layer is 2, this config's is 1"),
-    ({}, "lightning_split.SFTSteering", "model.class_path is 'lightning_split.SplitSteering'"),
-]
+    ({"model_form": {"class_path": "lightning_split.interventions.LoRAOptions"}}, "lightning_split.SteeringModule",
+     "its form is 'VectorOptions(init_std=0.01)', this config's is 'LoRAOptions("),
+    ({"model_layer": 1}, "lightning_split.SteeringModule", "layer is 2, this config's is 1"),
+    ({"model_objective": {"class_path": "lightning_split.objectives.SFT"}}, "lightning_split.SteeringModule",
+     "its objective is 'SPLIT("),
+]  # fmt: skip
 
 
 def test_ckpt_path_of_another_run_is_refused_before_anything_is_written(
     tiny_backbone_dir, sentiment_like_jsonl, tmp_path, monkeypatch
 ):
     vector = tmp_path / "vector"
-    write_config(
-        vector, tiny_config(tiny_backbone_dir, sentiment_like_jsonl, model_form="vector", trainer_max_epochs=1)
-    )
+    write_config(vector, tiny_config(tiny_backbone_dir, sentiment_like_jsonl, model_form=VECTOR, trainer_max_epochs=1))
     monkeypatch.chdir(vector)
     main(["fit", "--config", "config.yaml"])
     ckpt = vector / "ckpt" / "last.ckpt"
     for i, (overrides, class_path, setting) in enumerate(OTHER_RUNS):
         other = tmp_path / f"other{i}"
-        config = tiny_config(tiny_backbone_dir, sentiment_like_jsonl, **{"model_form": "vector", **overrides})
+        config = tiny_config(tiny_backbone_dir, sentiment_like_jsonl, **{"model_form": VECTOR, **overrides})
         config["model"]["class_path"] = class_path
         # `last` is looked up in the config's checkpoint folder: point it at the vector run's
         config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(vector / "ckpt")
@@ -135,7 +136,7 @@ def test_tradeoff_callback_in_trainer_callbacks_is_refused(
 
 
 def test_predict_keeps_the_fits_records_and_writes_its_own_folder(tiny_backbone_dir, sentiment_like_jsonl, tmp_path):
-    config = tiny_config(tiny_backbone_dir, sentiment_like_jsonl, model_form="vector", trainer_max_epochs=1)
+    config = tiny_config(tiny_backbone_dir, sentiment_like_jsonl, model_form=VECTOR, trainer_max_epochs=1)
     # W&B (offline) in the run folder: the fit's config.yaml is saved there, over the input config
     config["trainer"]["logger"] = {
         "class_path": "lightning.pytorch.loggers.WandbLogger",

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import torch
 
-from lightning_split import SplitSteering
+from lightning_split import SteeringModule
 from lightning_split.artifacts import SteeredModel
 from lightning_split.backbone import load_backbone
 from lightning_split.data.datamodule import PairCollator
 from lightning_split.data.pairs import PolarityPair
 from lightning_split.data.tokenize import PairTokenizer
 from lightning_split.generation import stop_token_ids
-from lightning_split.interventions import build_control
+from lightning_split.interventions import VectorOptions, build_control
 from lightning_split.layout import discover_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +29,7 @@ NEW = 8
 def _steered(backbone_dir: Path, positions: str) -> SteeredModel:
     model, tokenizer = load_backbone(str(backbone_dir))
     layout = discover_layout(model)
-    control = build_control("vector", layout, [1], init_std=0.0)
+    control = build_control(VectorOptions(init_std=0.0), layout, [1])
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in control.parameters():
@@ -107,7 +107,7 @@ def test_sampling_with_a_seed_repeats_and_leaves_the_global_rng_alone(tiny_backb
 
 
 def test_module_generate_equals_steered_model_generate(tiny_backbone_dir) -> None:
-    module = SplitSteering(backbone=str(tiny_backbone_dir), form="vector", layer=1, positions="prompt",
+    module = SteeringModule(backbone=str(tiny_backbone_dir), form=VectorOptions(), layer=1, positions="prompt",
                            max_new_tokens=NEW)  # fmt: skip
     module.configure_model()
     steered = _steered(tiny_backbone_dir, "prompt")

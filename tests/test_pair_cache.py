@@ -15,10 +15,11 @@ import pytest
 import torch
 from lightning_split.callbacks import TradeoffCurveCallback
 
-from lightning_split import SplitSteering
+from lightning_split import SteeringModule
 from lightning_split.data.batch import PairBatch
 from lightning_split.data.datamodule import PolarityDataModule
 from lightning_split.engine import PairLogProbs, plain_pair_logprobs
+from lightning_split.interventions import VectorOptions
 from lightning_split.models.pair_cache import LowerStateCache, ReferenceCache, row_digests
 from lightning_split.packing import PackedPairs, pack_pairs
 from tests.pair_batches import random_pair_batch
@@ -29,11 +30,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 METRICS = ("test/pref_logodds", "test/pref_logodds_base", "test/util_logodds", "test/util_logodds_base")
 
 
-def _module(backbone_dir: Path) -> SplitSteering:
-    return SplitSteering(backbone=str(backbone_dir), form="vector", layer=2, init_std=0.3)
+def _module(backbone_dir: Path) -> SteeringModule:
+    return SteeringModule(backbone=str(backbone_dir), form=VectorOptions(init_std=0.3), layer=2)
 
 
-def _fresh_copy(module: SplitSteering) -> SplitSteering:
+def _fresh_copy(module: SteeringModule) -> SteeringModule:
     """A new module with the same control and no cached rows."""
     fresh = _module(Path(module.hparams.backbone))
     fresh.configure_model()
@@ -41,7 +42,7 @@ def _fresh_copy(module: SplitSteering) -> SplitSteering:
     return fresh
 
 
-def _test(module: SplitSteering, data_file: Path, root: Path, callbacks: list[Any] | None = None) -> dict[str, float]:
+def _test(module: SteeringModule, data_file: Path, root: Path, callbacks: list[Any] | None = None) -> dict[str, float]:
     data = PolarityDataModule(dataset=str(data_file), batch_size=4, eval_batch_size=2)
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,

@@ -43,6 +43,9 @@ DEFAULT_MULTIPLIERS: tuple[float, ...] = tuple(round(0.2 * k, 1) for k in range(
 DEFAULT_FORM = VectorOptions()
 """The default control: a steering vector (frozen options, so one shared instance is safe)."""
 
+DEFAULT_OBJECTIVE = f"{SPLIT.__module__}.{SPLIT.__qualname__}"
+"""The objective of a module given none (``objective: null``): SPLIT with its default coefficients."""
+
 CHECKPOINT_KEY = "lightning_split"
 GENERATION_ARGS = ("predict_multipliers", "max_new_tokens", "do_sample", "temperature")
 

@@ -6,7 +6,14 @@ installed by :func:`lightning_split.steering.steer`), trained by an objective
 measured with preference and utility log-odds (:mod:`lightning_split.metrics`).
 """
 
+import logging
+
 from .models import DiffMeanSteering, SteeringModule
+
+# bitsandbytes logs this on import when the optional `kernels` package is absent, then uses its own CPU code.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+)
 
 __version__ = "0.1.0"
 

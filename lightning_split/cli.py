@@ -34,10 +34,14 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from .artifacts import CONTROL_DIRNAME, WEIGHTS_FILE
+from .artifacts import CONTROL_DIRNAME, WEIGHTS_FILE, ControlFileError
+from .backbone import BackboneLoadError
 from .callbacks import JsonlPredictionWriter, StopOnSigterm, TradeoffCurveCallback
 from .cli_checkpoint import CheckpointError, check_checkpoint, import_class, resolve_checkpoint
 from .data.datamodule import PolarityDataModule
+from .data.pairs import BadRowError, DataFileError
+from .errors import OptionError
+from .layout import UnsupportedArchitectureError
 from .models import SteeringModule
 from .progress import DEFAULT_INTERVAL, progress_bar_for
 
@@ -211,8 +215,34 @@ class SteeringCLI(LightningCLI):
         print(f"lightning-split {self.subcommand}: outputs", *lines, sep="\n", flush=True)
 
 
+USER_ERRORS = (
+    OptionError,
+    DataFileError,
+    BadRowError,
+    BackboneLoadError,
+    ControlFileError,
+    CheckpointError,
+    UnsupportedArchitectureError,
+)
+"""Errors that describe bad input (their message names the option, file or row and what to do): the command
+prints the message alone, without a traceback or the parser's dump of the whole config."""
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The :data:`USER_ERRORS` instance behind ``err`` (jsonargparse wraps errors raised while it builds a class),
+    or ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, USER_ERRORS):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
-    """Console entry point of ``lightning-split``."""
+    """Console entry point of ``lightning-split``; bad input exits with status 2 and its message alone."""
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     inherited_stamp = STAMP_ENV in os.environ
@@ -225,6 +255,12 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs={"default_env": True},
             args=args,
         )
+    except Exception as err:
+        found = user_error(err)
+        if found is None:
+            raise
+        print(f"lightning-split: error: {found}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         if not inherited_stamp:  # the next command in this process gets its own stamp
             os.environ.pop(STAMP_ENV, None)

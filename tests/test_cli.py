@@ -174,3 +174,27 @@ def test_predict_keeps_the_fits_records_and_writes_its_own_folder(tiny_backbone_
     lines = [line for line in predict.stdout.splitlines() if line.startswith("[predict] batch")]
     assert [line.split(" · ")[0] for line in lines] == [f"[predict] batch {n}/5 ({20 * n}%)" for n in range(6)]
     assert all(" elapsed · " in line and " left" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--model.init_args.lr", "-0.1"], "model option lr (model.init_args.lr) has the value -0.1"),
+        (["--model.init_args.layer", "9"], "model option layer (model.init_args.layer) is 9"),
+        (["--model.init_args.form.init_args.rank", "0"], "form option rank (model.init_args.form.init_args.rank)"),
+    ],
+    ids=["lr", "layer", "form-rank"],
+)
+def test_bad_option_prints_its_message_alone_and_exits_2(
+    tiny_backbone_dir, sentiment_like_jsonl, tmp_path, monkeypatch, capsys, override, message
+):
+    write_config(tmp_path, tiny_config(tiny_backbone_dir, sentiment_like_jsonl))
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--config", "config.yaml", *override])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2
+    assert f"lightning-split: error: {message}" in err
+    assert "Traceback" not in err and "Namespace(" not in err, "the message must come alone"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "a refused run wrote something"

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from ..errors import OptionError
 from ..layout import ModelLayout
 
 Site = Literal["block_output", "down_proj", "block"]
@@ -66,7 +67,7 @@ class FormOptions:
             bounds = {k: v for k, v in f.metadata.items() if k in _BOUND_TESTS}
             if value is not None and not all(_BOUND_TESTS[k][1](value, v) for k, v in bounds.items()):
                 need = ", ".join(f"{_BOUND_TESTS[k][0]} {v}" for k, v in bounds.items())
-                raise ValueError(
+                raise OptionError(
                     f"form option {f.name} (model.init_args.form.init_args.{f.name}) of {type(self).__name__} is "
                     f"{value!r}; it must be {need}"
                 )

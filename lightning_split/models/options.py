@@ -13,13 +13,10 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from ..backbone import AttnImplementation, Dtype, Quantization, backbone_num_layers
+from ..errors import OptionError
 from ..interventions import FormOptions
 from ..objectives import Objective
 from ..steering import POSITIONS
-
-
-class OptionError(ValueError):
-    """A model option has a value it cannot take; the message names the option and what it accepts."""
 
 
 def _option(name: str) -> str:

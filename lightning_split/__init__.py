@@ -8,12 +8,12 @@ measured with preference and utility log-odds (:mod:`lightning_split.metrics`).
 
 import logging
 
-from .models import DiffMeanSteering, SteeringModule
-
 # bitsandbytes logs this on import when the optional `kernels` package is absent, then uses its own CPU code.
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
     lambda record: not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
 )
+
+from .models import DiffMeanSteering, SteeringModule  # noqa: E402  (after the filter: it imports bitsandbytes)
 
 __version__ = "0.1.0"
 

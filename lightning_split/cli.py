@@ -38,6 +38,7 @@ from .artifacts import CONTROL_DIRNAME, WEIGHTS_FILE, ControlFileError
 from .backbone import BackboneLoadError
 from .callbacks import JsonlPredictionWriter, StopOnSigterm, TradeoffCurveCallback
 from .cli_checkpoint import CheckpointError, check_checkpoint, import_class, resolve_checkpoint
+from .cli_help import HelpFormatter, cli_description
 from .data.datamodule import PolarityDataModule
 from .data.pairs import BadRowError, DataFileError
 from .errors import OptionError
@@ -252,7 +253,7 @@ def main(args: list[str] | None = None) -> None:
             PolarityDataModule,
             subclass_mode_model=True,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"default_env": True},
+            parser_kwargs={"default_env": True, "description": cli_description(), "formatter_class": HelpFormatter},
             args=args,
         )
     except Exception as err:

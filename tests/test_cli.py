@@ -198,3 +198,23 @@ def test_bad_option_prints_its_message_alone_and_exits_2(
     assert f"lightning-split: error: {message}" in err
     assert "Traceback" not in err and "Namespace(" not in err, "the message must come alone"
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "a refused run wrote something"
+
+
+def test_top_level_help_names_objectives_forms_datasets_and_configs(capsys, monkeypatch):
+    from lightning_split.cli_help import CONFIGS_DIR
+    from lightning_split.data.registry import DATASETS
+    from lightning_split.interventions import FORM_REGISTRY
+    from lightning_split.objectives import OBJECTIVE_REGISTRY
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0
+    for name, cls in OBJECTIVE_REGISTRY.items():
+        assert f"{cls.__name__} ({name})" in text
+    for name, cls in FORM_REGISTRY.items():
+        assert f"{cls.options.__name__} ({name})" in text
+    assert all(f"\n  {name} " in text for name in DATASETS)
+    shipped = len(list(CONFIGS_DIR.rglob("*.yaml")))
+    assert f"Shipped configs ({shipped}," in text and "configs/smollm2/psychopathy/" in text

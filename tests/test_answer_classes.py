@@ -13,10 +13,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning_split.callbacks import TradeoffCurveCallback
 
 from lightning_split import SplitSteering
 from lightning_split.analysis import TradeoffCurve, write_report
-from lightning_split.callbacks import TradeoffCurveCallback
 from lightning_split.data.answers import NO_CLASS, answer_classes, balanced_subset
 from lightning_split.data.datamodule import PolarityDataModule
 from lightning_split.data.pairs import PolarityPair

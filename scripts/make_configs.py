@@ -58,7 +58,18 @@ SPLIT_SETTINGS = {
     },
 }
 EPOCHS = {"sentiment": 2, "psychopathy": 2, "power-seeking": 2}
-SWEEP = [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
+# 20 multipliers: the report fits curves only with at least 2 distinct multipliers per fitted parameter (18 for
+# the 9-parameter preference curve), finely spaced inside the training range and a few points beyond it.
+SWEEP = [round(0.25 * k, 2) for k in range(-8, 9)] + [2.5, 3.0, 4.0]
+# Pairs per sweep: a seeded subset balanced by answer class (the callback's `max_pairs`). 100 covers every
+# Psychopathy validation (50) and test (100) pair, so those reports are the full split's numbers exactly; on
+# larger splits (PowerSeeking's 200 test pairs) the report states the subset's sampling error.
+SWEEP_PAIRS = 100
+# NLL reduction of the log-odds metrics for Yes/No data: summed NLL, under which e^{-L_p} + e^{-L_n} is the
+# probability of the two answers and utility is its log-odds. With the per-token mean a 3-token
+# "Yes<|im_end|>" answer pushes that sum past 1 and the pair is clamped. Free-text data keep the default.
+NLL_REDUCTION = {"psychopathy": "sum"}
+DEMO_SWEEP = [-2.0, -1.5, -1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0]
 
 
 def trainer_section(run: str, accumulate: int, epochs: int, sweep_pairs: int | None) -> dict:
@@ -104,10 +115,12 @@ def method_config(dataset: str, objective: str, form: str) -> dict:
     if objective == "split":
         lambda_n, gamma, theta, bidirectional = SPLIT_SETTINGS[dataset].get(form, SPLIT_SETTINGS[dataset]["lora"])
         init.update(lambda_p=1.0, lambda_n=lambda_n, gamma=gamma, theta=theta, bidirectional=bidirectional)
+    if dataset in NLL_REDUCTION:
+        init["nll_reduction"] = NLL_REDUCTION[dataset]
     run = f"smollm2/{dataset}/{objective}-{form}"
     return {
         "seed_everything": 42,
-        "trainer": trainer_section(run, fs["accumulate"], EPOCHS[dataset], 40),
+        "trainer": trainer_section(run, fs["accumulate"], EPOCHS[dataset], SWEEP_PAIRS),
         "model": {"class_path": OBJECTIVES[objective], "init_args": init},
         "data": {"dataset": dataset, "batch_size": fs["batch_size"]},
     }
@@ -116,15 +129,15 @@ def method_config(dataset: str, objective: str, form: str) -> dict:
 def diffmean_config(dataset: str) -> dict:
     """DiffMean: one pass over the training pairs fits the vector, no optimiser."""
     run = f"smollm2/{dataset}/diffmean-vector"
-    trainer = trainer_section(run, 1, 1, 40)
+    trainer = trainer_section(run, 1, 1, SWEEP_PAIRS)
     trainer.pop("gradient_clip_val")
+    init: dict = {"backbone": MODEL, "form": "vector", "layer": LAYER}
+    if dataset in NLL_REDUCTION:
+        init["nll_reduction"] = NLL_REDUCTION[dataset]
     return {
         "seed_everything": 42,
         "trainer": trainer,
-        "model": {
-            "class_path": "lightning_split.DiffMeanSteering",
-            "init_args": {"backbone": MODEL, "form": "vector", "layer": LAYER},
-        },
+        "model": {"class_path": "lightning_split.DiffMeanSteering", "init_args": init},
         "data": {"dataset": dataset, "batch_size": 8},
     }
 
@@ -136,7 +149,7 @@ def demo_config() -> dict:
     config["trainer"] = trainer_section(run, 1, 1, None)
     config["trainer"]["num_sanity_val_steps"] = 0
     config["trainer"]["limit_val_batches"] = 0
-    config["trainer"]["callbacks"][1]["init_args"]["multipliers"] = [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+    config["trainer"]["callbacks"][1]["init_args"]["multipliers"] = DEMO_SWEEP
     config["model"]["init_args"]["bidirectional"] = False
     config["data"].update(train_size=96, test_size=40, batch_size=8)
     config["test_after_fit"] = True
@@ -187,7 +200,7 @@ def gpu_config(path: str) -> dict:
     """A GPU config of :data:`GPU_RUNS` (one process per GPU under DDP, each with a full 4-bit copy)."""
     spec = GPU_RUNS[path]
     run = path.removesuffix(".yaml")
-    trainer = trainer_section(run, spec["accumulate"], spec["epochs"], 40)
+    trainer = trainer_section(run, spec["accumulate"], spec["epochs"], SWEEP_PAIRS)
     trainer.update(accelerator="gpu", devices=spec["devices"], precision="bf16-true")
     if spec["devices"] > 1:
         trainer["strategy"] = "ddp"
@@ -200,6 +213,7 @@ def gpu_config(path: str) -> dict:
         "quantization": "nf4-dq",
         "dtype": "bfloat16",
         **spec["model_extra"],
+        **({"nll_reduction": NLL_REDUCTION[spec["dataset"]]} if spec["dataset"] in NLL_REDUCTION else {}),
         "lambda_p": 1.0,
         **spec["split"],
     }

@@ -10,7 +10,9 @@ charts, the PNGs and a ``wandb.Table`` of the curve.
 With DDP each rank sweeps the pairs of its own shard (the dataloader Lightning prepared, with its
 distributed sampler); the per-pair losses are gathered, duplicates added by the sampler's padding are
 dropped by pair index, and rank 0 alone builds the curve, writes and logs. The numbers therefore equal a
-one-process run over the same pairs.
+one-process run over the same pairs. With ``max_pairs`` the ranks first gather every evaluated pair's index
+and answer class (no model run), all draw the same seeded subset balanced by answer class, and each sweeps
+its share of it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_split.analysis import CurveFit, TradeoffCurve, best_multiplier, fit_curve, write_report
-from lightning_split.data.answers import balanced_subset, trainer_answer_classes
+from lightning_split.data.answers import NO_CLASS, balanced_subset, trainer_answer_classes
 from lightning_split.data.batch import PairBatch
 from lightning_split.sweep import DEFAULT_MAX_ROWS, SweepLosses, curve_from_losses, sweep_losses
 
@@ -56,11 +58,11 @@ def default_grid(training_multipliers: Sequence[float] | None, points: int = DEF
 
 
 def pair_ids(batches: Iterable[PairBatch]) -> torch.Tensor:
-    """``[2, N]`` long: the pairs' split indices and answer class ids (``-1``: none), read from the batches
+    """``[2, N]`` long: the pairs' split indices and answer class ids (``NO_CLASS``: none), read from the batches
     without running the model."""
     parts = [
         torch.stack(
-            [b.index.cpu(), b.answer_class.cpu() if b.answer_class is not None else torch.full_like(b.index, -1)]
+            [b.index.cpu(), b.answer_class.cpu() if b.answer_class is not None else torch.full_like(b.index, NO_CLASS)]
         )
         for b in batches
     ]
@@ -137,7 +139,6 @@ class TradeoffCurveCallback(Callback):
             ``limit_test_batches`` apply to the sweep too): a subset drawn with ``seed``, balanced by answer
             class when the answers form classes (:func:`~lightning_split.data.answers.balanced_subset`), and
             recorded in the report and ``curve.json`` (``pair_index``, ``sampling``). ``None``: every pair.
-        seed: seed of the ``max_pairs`` subset.
         max_utility_drop: utility budget (log-odds) of the selected multiplier
             (:func:`~lightning_split.analysis.best_multiplier`).
         signs: multipliers the selection considers: ``positive`` or ``both``.
@@ -146,6 +147,7 @@ class TradeoffCurveCallback(Callback):
         max_rows: packed rows (pairs × multipliers) per upper-block pass of the sweep.
         progress: show the sweep's own ``rich`` progress bar (off by default; Lightning has its bar).
         use_lower_cache: reuse the module's lower-block state cache (filled by validation/test steps).
+        seed: seed of the ``max_pairs`` subset.
 
     Attributes:
         last_report: paths of the last report written (keys of
@@ -159,7 +161,6 @@ class TradeoffCurveCallback(Callback):
         multipliers: list[float] | None = None,
         every_n_val_epochs: int = 1,
         max_pairs: int | None = None,
-        seed: int = 0,
         max_utility_drop: float = 1.0,
         signs: Literal["positive", "both"] = "positive",
         on_test: bool = True,
@@ -167,6 +168,7 @@ class TradeoffCurveCallback(Callback):
         max_rows: int = DEFAULT_MAX_ROWS,
         progress: bool = False,
         use_lower_cache: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if multipliers is not None:

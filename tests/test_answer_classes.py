@@ -120,6 +120,10 @@ def test_report_and_files_show_the_class_split(tmp_path: Path) -> None:
     assert saved["class_split"]["Yes"]["accuracy"] == [0.0, 0.0, 1.0] and saved["pair_index"] == list(range(20))
     loaded = TradeoffCurve.from_json(paths["curve_json"])
     assert loaded.class_split() == split and loaded.sampling == curve.sampling
+    scalars = TradeoffCurveCallback().scalars(curve, "test")  # what every logger (W&B included) gets
+    assert scalars["tradeoff/test/accuracy[Yes]@m=1"] == 1.0 and scalars["tradeoff/test/accuracy[No]@m=1"] == 0.0
+    assert scalars["tradeoff/test/balanced_accuracy@m=1"] == 0.5
+    assert scalars["tradeoff/test/n_pairs"] == 20 and scalars["tradeoff/test/n_pairs_evaluated"] == 100
 
 
 # ----------------------------------------------------------------------------- through Lightning

@@ -10,7 +10,9 @@ charts, the PNGs and a ``wandb.Table`` of the curve.
 With DDP each rank sweeps the pairs of its own shard (the dataloader Lightning prepared, with its
 distributed sampler); the per-pair losses are gathered, duplicates added by the sampler's padding are
 dropped by pair index, and rank 0 alone builds the curve, writes and logs. The numbers therefore equal a
-one-process run over the same pairs.
+one-process run over the same pairs. With ``max_pairs`` the ranks first gather every evaluated pair's index
+and answer class (no model run), all draw the same seeded subset balanced by answer class, and each sweeps
+its share of it.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_split.analysis import COLUMNS, CurveFit, TradeoffCurve, best_multiplier, fit_curve, write_report
+from lightning_split.analysis import CurveFit, TradeoffCurve, best_multiplier, fit_curve, write_report
+from lightning_split.data.answers import NO_CLASS, balanced_subset, trainer_answer_classes
 from lightning_split.data.batch import PairBatch
 from lightning_split.sweep import DEFAULT_MAX_ROWS, SweepLosses, curve_from_losses, sweep_losses
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POINTS = 11
-"""Points of the default grid: ``-s, -0.8 s, …, 0, …, s`` with ``s`` the largest training multiplier."""
+DEFAULT_POINTS = 21
+"""Points of the default grid, ``-s, -0.9 s, …, 0, …, s`` with ``s`` the largest training multiplier: enough
+for the report's fits (at least 2 distinct multipliers per fitted parameter, 18 for preference)."""
 
 Stage = Literal["val", "test"]
 
@@ -53,51 +57,57 @@ def default_grid(training_multipliers: Sequence[float] | None, points: int = DEF
     return [round(scale * k / half, 6) for k in range(-half, half + 1)]
 
 
-def limited(batches: Iterable[PairBatch], max_pairs: int | None) -> Iterator[PairBatch]:
-    """Yields the batches of ``batches`` up to ``max_pairs`` pairs in all (the last one cut)."""
-    left = math.inf if max_pairs is None else max_pairs
+def pair_ids(batches: Iterable[PairBatch]) -> torch.Tensor:
+    """``[2, N]`` long: the pairs' split indices and answer class ids (``NO_CLASS``: none), read from the batches
+    without running the model."""
+    parts = [
+        torch.stack(
+            [b.index.cpu(), b.answer_class.cpu() if b.answer_class is not None else torch.full_like(b.index, NO_CLASS)]
+        )
+        for b in batches
+    ]
+    return torch.cat(parts, dim=1).to(torch.long) if parts else torch.zeros(2, 0, dtype=torch.long)
+
+
+def only(batches: Iterable[PairBatch], chosen: set[int]) -> Iterator[PairBatch]:
+    """Yields the pairs of ``batches`` whose index is in ``chosen`` (batches left empty are skipped)."""
     for batch in batches:
-        if left <= 0:
-            return
-        if len(batch) > left:
-            batch = batch.select(slice(0, int(left)))
-        left -= len(batch)
-        yield batch
+        keep = torch.tensor([int(i) in chosen for i in batch.index.tolist()], dtype=torch.bool)
+        if bool(keep.any()):
+            yield batch.select(keep.to(batch.index.device))
 
 
-def dedupe(losses: SweepLosses, max_pairs: int | None = None) -> SweepLosses:
-    """Keeps one copy of each pair index, sorted by index, and at most ``max_pairs`` pairs."""
-    index = losses.index.numpy()
-    _, first = np.unique(index, return_index=True)
-    keep = torch.as_tensor(first[:max_pairs] if max_pairs is not None else first, dtype=torch.long)
-    return SweepLosses(
-        losses.multipliers, losses.l_pos[:, keep], losses.l_neg[:, keep], losses.index[keep], losses.reduction
-    )
+def dedupe(losses: SweepLosses) -> SweepLosses:
+    """Keeps one copy of each pair index, sorted by index."""
+    _, first = np.unique(losses.index.numpy(), return_index=True)
+    return losses.select(torch.as_tensor(first, dtype=torch.long))
+
+
+def gather_columns(pl_module: L.LightningModule, stacked: torch.Tensor) -> torch.Tensor:
+    """Concatenates every rank's ``[R, n_rank]`` float64 columns along dim 1 (one ``all_gather``; ranks may
+    hold different counts). Integers below 2**53 travel exactly."""
+    if pl_module.trainer.world_size <= 1:
+        return stacked
+    device = pl_module.device
+    counts = pl_module.all_gather(torch.tensor([stacked.shape[1]], device=device)).view(-1).tolist()
+    padded = torch.zeros(stacked.shape[0], max(counts), dtype=torch.float64)
+    padded[:, : stacked.shape[1]] = stacked
+    gathered = pl_module.all_gather(padded.to(device)).cpu()
+    return torch.cat([gathered[rank, :, :count] for rank, count in enumerate(counts)], dim=1)
 
 
 def gather_losses(pl_module: L.LightningModule, losses: SweepLosses) -> SweepLosses:
-    """Concatenates every rank's per-pair losses (one ``all_gather``; ranks may hold different counts)."""
-    trainer = pl_module.trainer
-    if trainer.world_size <= 1:
-        return losses
-    device = pl_module.device
-    counts = pl_module.all_gather(torch.tensor([losses.n_pairs], device=device)).view(-1).tolist()
-    width = max(counts)
+    """Concatenates every rank's per-pair losses, indices and answer classes."""
     rows = len(losses.multipliers)
-    stacked = torch.zeros(2 * rows + 1, width, dtype=torch.float64)
-    n = losses.n_pairs
-    stacked[:rows, :n] = losses.l_pos
-    stacked[rows : 2 * rows, :n] = losses.l_neg
-    stacked[2 * rows, :n] = losses.index.to(torch.float64)  # exact for indices < 2**53
-    gathered = pl_module.all_gather(stacked.to(device)).cpu()
-    parts = [gathered[rank, :, :count] for rank, count in enumerate(counts)]
-    merged = torch.cat(parts, dim=1)
+    ids = torch.stack([losses.index, losses.answer_class]).to(torch.float64)
+    merged = gather_columns(pl_module, torch.cat([losses.l_pos, losses.l_neg, ids]))
     return SweepLosses(
         losses.multipliers,
         merged[:rows].clone(),
         merged[rows : 2 * rows].clone(),
         merged[2 * rows].round().to(torch.long),
         losses.reduction,
+        merged[2 * rows + 1].round().to(torch.long),
     )
 
 
@@ -121,12 +131,14 @@ class TradeoffCurveCallback(Callback):
     """Sweeps the control's multiplier on validation and test pairs and reports the trade-off curve.
 
     Args:
-        multipliers: the sweep grid; must contain 0. ``None``: 11 points from ``-s`` to ``s`` with ``s`` the
+        multipliers: the sweep grid; must contain 0. ``None``: 21 points from ``-s`` to ``s`` with ``s`` the
             largest multiplier of the module's training grid (``pl_module.multipliers``), e.g.
-            ``-2, -1.6, …, 2`` for the default grid ``{0.2, …, 2.0}``.
+            ``-2, -1.8, …, 2`` for the default grid ``{0.2, …, 2.0}``.
         every_n_val_epochs: sweep after every N-th validation epoch (0: never during fit).
-        max_pairs: sweep at most this many pairs of each split (``None``: every pair the trainer evaluates;
-            ``limit_val_batches`` / ``limit_test_batches`` apply to the sweep too).
+        max_pairs: sweep at most this many of the pairs the trainer evaluates (``limit_val_batches`` /
+            ``limit_test_batches`` apply to the sweep too): a subset drawn with ``seed``, balanced by answer
+            class when the answers form classes (:func:`~lightning_split.data.answers.balanced_subset`), and
+            recorded in the report and ``curve.json`` (``pair_index``, ``sampling``). ``None``: every pair.
         max_utility_drop: utility budget (log-odds) of the selected multiplier
             (:func:`~lightning_split.analysis.best_multiplier`).
         signs: multipliers the selection considers: ``positive`` or ``both``.
@@ -135,6 +147,7 @@ class TradeoffCurveCallback(Callback):
         max_rows: packed rows (pairs × multipliers) per upper-block pass of the sweep.
         progress: show the sweep's own ``rich`` progress bar (off by default; Lightning has its bar).
         use_lower_cache: reuse the module's lower-block state cache (filled by validation/test steps).
+        seed: seed of the ``max_pairs`` subset.
 
     Attributes:
         last_report: paths of the last report written (keys of
@@ -155,6 +168,7 @@ class TradeoffCurveCallback(Callback):
         max_rows: int = DEFAULT_MAX_ROWS,
         progress: bool = False,
         use_lower_cache: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if multipliers is not None:
@@ -172,6 +186,7 @@ class TradeoffCurveCallback(Callback):
         self.multipliers = multipliers
         self.every_n_val_epochs = every_n_val_epochs
         self.max_pairs = max_pairs
+        self.seed = seed
         self.max_utility_drop = float(max_utility_drop)
         self.signs = signs
         self.on_test = on_test
@@ -236,13 +251,21 @@ class TradeoffCurveCallback(Callback):
             log.warning("TradeoffCurveCallback: no scorer, control or %s dataloader; skipping the sweep", stage)
             return None
         out_dir = self._root(trainer) / tag  # trainer.log_dir broadcasts: called on every rank
-        world = max(trainer.world_size, 1)
-        per_rank = None if self.max_pairs is None else math.ceil(self.max_pairs / world)
         hparams = getattr(pl_module, "hparams", {})
+        batches: Iterable[PairBatch] = _first_batches(loader, num_batches)
+        sampling: dict[str, Any] = {}
+        if self.max_pairs is not None:
+            ids = gather_columns(pl_module, pair_ids(batches).to(torch.float64)).round().to(torch.long)
+            evaluated = len(set(ids[0].tolist()))
+            chosen = set(balanced_subset(ids[0].tolist(), ids[1].tolist(), self.max_pairs, self.seed))
+            batches = _first_batches(loader, num_batches)
+            if len(chosen) < evaluated:
+                batches = only(batches, chosen)
+                sampling = {"evaluated": evaluated, "max_pairs": self.max_pairs, "seed": self.seed}
         losses = sweep_losses(
             scorer,
             control,
-            limited(_first_batches(loader, num_batches), per_rank),
+            batches,
             self.grid(pl_module),
             positions=getattr(pl_module, "positions", "all"),
             reduction=hparams.get("nll_reduction", "mean"),
@@ -251,10 +274,11 @@ class TradeoffCurveCallback(Callback):
             max_rows=self.max_rows,
             lower=self._lower_fn(pl_module, stage),
         )
-        losses = dedupe(gather_losses(pl_module, losses), self.max_pairs)
+        losses = dedupe(gather_losses(pl_module, losses))
         if not trainer.is_global_zero:
             return None
-        curve = curve_from_losses(losses, **self._metadata(trainer, pl_module, stage))
+        metadata = self._metadata(trainer, pl_module, stage)
+        curve = curve_from_losses(losses, sampling=sampling, class_names=trainer_answer_classes(trainer), **metadata)
         fits = fit_curve(curve)
         paths = write_report(curve, out_dir, self.max_utility_drop, self.signs, fits)
         paths = {"dir": out_dir, **paths}
@@ -299,8 +323,10 @@ class TradeoffCurveCallback(Callback):
     def scalars(
         self, curve: TradeoffCurve, stage: Stage, fits: dict[str, CurveFit | str] | None = None
     ) -> dict[str, float]:
-        """The scalars logged for a curve: the selection under the utility budget, every grid value, and the
-        R² of the preference and utility fits (``fits``, from :func:`fit_curve`) that could be made."""
+        """The scalars logged for a curve: the selection under the utility budget (its preference and utility
+        as the rule compares them, and the clamped count at the chosen m), the pairs swept and evaluated, every
+        grid value (with answer classes also ``balanced_accuracy`` and ``accuracy[<class>]`` /
+        ``preference[<class>]``), and the R² of the fits (``fits``, from :func:`fit_curve`) that were made."""
         selection = best_multiplier(curve, self.max_utility_drop, self.signs)
         prefix = f"tradeoff/{stage}"
         out = {
@@ -308,15 +334,18 @@ class TradeoffCurveCallback(Callback):
             f"{prefix}/selected_preference": selection.preference,
             f"{prefix}/selected_utility": selection.utility,
             f"{prefix}/selected_utility_drop": selection.utility_drop,
+            f"{prefix}/selected_clamped": float(selection.clamped),
             f"{prefix}/baseline_preference": selection.baseline_preference,
             f"{prefix}/baseline_utility": selection.baseline_utility,
             f"{prefix}/max_preference": max(curve.preference),
             f"{prefix}/clamped_total": float(sum(curve.clamped)),
             f"{prefix}/n_pairs": float(curve.n_pairs[0]),
+            f"{prefix}/n_pairs_evaluated": float(curve.sampling.get("evaluated", curve.n_pairs[0])),
         }
+        columns = [c for c in curve.columns() if c not in ("multiplier", "clamped", "n_pairs", "anti_steerable")]
         for row in curve.rows():
             m = f"{row['multiplier']:g}"
-            for column in ("preference", "utility", "accuracy"):
+            for column in columns:
                 out[f"{prefix}/{column}@m={m}"] = float(row[column])  # type: ignore[arg-type]
             if row["anti_steerable"] is not None:
                 out[f"{prefix}/anti_steerable@m={m}"] = float(row["anti_steerable"])
@@ -343,7 +372,8 @@ class TradeoffCurveCallback(Callback):
         import wandb
 
         prefix = f"tradeoff/{stage}"
-        table = wandb.Table(columns=list(COLUMNS), data=[[row[c] for c in COLUMNS] for row in curve.rows()])
+        columns = curve.columns()
+        table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in curve.rows()])
         where = f"{stage}, {curve.form} {curve.objective}, epoch {curve.extra.get('epoch')}"
         payload: dict[str, Any] = {
             f"{prefix}/curve": table,
@@ -372,4 +402,13 @@ def _is_wandb(logger: Any) -> bool:
     return isinstance(logger, WandbLogger)
 
 
-__all__ = ["DEFAULT_POINTS", "TradeoffCurveCallback", "default_grid", "dedupe", "gather_losses", "limited"]
+__all__ = [
+    "DEFAULT_POINTS",
+    "TradeoffCurveCallback",
+    "default_grid",
+    "dedupe",
+    "gather_columns",
+    "gather_losses",
+    "only",
+    "pair_ids",
+]

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .analysis.curve import TradeoffCurve
+from .data.answers import NO_CLASS
 from .data.batch import PairBatch
 from .engine import PairLogProbs, PairScorer, plain_pair_logprobs
 from .interventions.base import Intervention
@@ -69,6 +70,7 @@ class SweepLosses:
         l_neg: ``[M, N]`` float64 ``L_n``.
         index: ``[N]`` the pairs' ``PairBatch.index`` (row inside their split).
         reduction: ``"sum"`` or ``"mean"`` NLL behind ``L``.
+        answer_class: ``[N]`` the pairs' ``PairBatch.answer_class`` (``-1``: none or unknown).
     """
 
     multipliers: list[float]
@@ -76,6 +78,18 @@ class SweepLosses:
     l_neg: torch.Tensor
     index: torch.Tensor
     reduction: Reduction
+    answer_class: torch.Tensor
+
+    def select(self, columns: torch.Tensor) -> SweepLosses:
+        """The losses of the pairs at ``columns`` (positions along the pair axis)."""
+        return SweepLosses(
+            self.multipliers,
+            self.l_pos[:, columns],
+            self.l_neg[:, columns],
+            self.index[columns],
+            self.reduction,
+            self.answer_class[columns],
+        )
 
     @property
     def n_pairs(self) -> int:
@@ -294,6 +308,7 @@ def _run(
     pos_parts: list[torch.Tensor] = []
     neg_parts: list[torch.Tensor] = []
     index_parts: list[torch.Tensor] = []
+    class_parts: list[torch.Tensor] = []
     with torch.no_grad(), _eval_mode(control), _progress(progress, _total(batches), description) as advance:
         for batch in batches:
             batch = batch.to(device)
@@ -303,6 +318,8 @@ def _run(
             pos_parts.append(l_pos)
             neg_parts.append(l_neg)
             index_parts.append(batch.index.detach().cpu())
+            known = batch.answer_class is not None
+            class_parts.append(batch.answer_class.cpu() if known else torch.full((len(batch),), NO_CLASS))
             if advance is not None:
                 advance(1)
     if not pos_parts:
@@ -313,6 +330,7 @@ def _run(
         l_neg=torch.cat(neg_parts, dim=1),
         index=torch.cat(index_parts),
         reduction=reduction,
+        answer_class=torch.cat(class_parts).to(torch.long),
     )
 
 
@@ -321,23 +339,25 @@ def curve_from_losses(losses: SweepLosses, eps: float = DEFAULT_EPS, **metadata:
 
     Per multiplier: mean preference and utility log-odds, pair accuracy (share with ``L_p < L_n``), the
     number of clamped utility denominators, and (for ``m ≠ 0``) the anti-steerable fraction against
-    ``m = 0``. The per-pair preference and utility arrays are kept on the curve.
+    ``m = 0``. The per-pair preference, utility and clamp arrays, the pairs' indices and answer classes
+    are kept on the curve (which splits accuracy and preference by answer class from them).
 
     Args:
         losses: the sweep's losses; the grid must contain 0.
         eps: floor of the utility denominator (:data:`~lightning_split.metrics.functional.DEFAULT_EPS`).
         **metadata: :class:`TradeoffCurve` metadata (``split``, ``form``, ``objective``, ``layer``,
-            ``model``, ``extra``); ``reduction`` comes from ``losses``.
+            ``model``, ``extra``, ``class_names``, ``sampling``); ``reduction`` comes from ``losses``.
     """
     grid = losses.multipliers
     _check_has_zero(grid)
-    prefs, utils, clamped, accuracy = [], [], [], []
+    prefs, utils, clamped, clamps, accuracy = [], [], [], [], []
     for row in range(len(grid)):
         l_pos, l_neg = losses.l_pos[row], losses.l_neg[row]
         prefs.append(preference_log_odds(l_pos, l_neg))
         util, clamp = utility_log_odds(l_pos, l_neg, eps)
         utils.append(util)
         clamped.append(int(clamp.sum()))
+        clamps.append(clamp)
         accuracy.append(float(pair_accuracy(l_pos, l_neg).mean()))
     base = prefs[grid.index(0.0)]
     anti: list[float | None] = [
@@ -356,6 +376,9 @@ def curve_from_losses(losses: SweepLosses, eps: float = DEFAULT_EPS, **metadata:
         reduction=losses.reduction,
         pair_preference=pair_pref,
         pair_utility=pair_util,
+        pair_clamped=torch.stack(clamps).numpy(),
+        pair_index=losses.index.tolist(),
+        pair_class=losses.answer_class.tolist(),
         **metadata,
     )
 

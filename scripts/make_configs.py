@@ -57,7 +57,18 @@ SPLIT_SETTINGS = {
     },
 }
 EPOCHS = {"sentiment": 2, "psychopathy": 2, "power-seeking": 2}
-SWEEP = [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
+# 20 multipliers: the report fits curves only with at least 2 distinct multipliers per fitted parameter (18 for
+# the 9-parameter preference curve), finely spaced inside the training range and a few points beyond it.
+SWEEP = [round(0.25 * k, 2) for k in range(-8, 9)] + [2.5, 3.0, 4.0]
+# Pairs per sweep: a seeded subset balanced by answer class (the callback's `max_pairs`). 100 covers every
+# Psychopathy validation (50) and test (100) pair, so those reports are the full split's numbers exactly; on
+# larger splits (PowerSeeking's 200 test pairs) the report states the subset's sampling error.
+SWEEP_PAIRS = 100
+# NLL reduction of the log-odds metrics for Yes/No data: summed NLL, under which e^{-L_p} + e^{-L_n} is the
+# probability of the two answers and utility is its log-odds. With the per-token mean a 3-token
+# "Yes<|im_end|>" answer pushes that sum past 1 and the pair is clamped. Free-text data keep the default.
+NLL_REDUCTION = {"psychopathy": "sum"}
+DEMO_SWEEP = [-2.0, -1.5, -1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0]
 
 
 def trainer_section(run: str, accumulate: int, epochs: int) -> dict:
@@ -124,6 +135,11 @@ def model_section(backbone: str, objective: dict, form: str, layer: int, lr: flo
     return {"class_path": "lightning_split.SteeringModule", "init_args": {**init, **extra}}
 
 
+def reduction(dataset: str) -> dict:
+    """The dataset's NLL reduction setting (empty: the default)."""
+    return {"nll_reduction": NLL_REDUCTION[dataset]} if dataset in NLL_REDUCTION else {}
+
+
 def method_config(dataset: str, objective: str, form: str) -> dict:
     """One shipped config."""
     fs = FORM_SETTINGS.get(form, DEFAULT_FORM_SETTINGS)
@@ -131,9 +147,11 @@ def method_config(dataset: str, objective: str, form: str) -> dict:
     return {
         "seed_everything": 42,
         "trainer": trainer_section(run, fs["accumulate"], EPOCHS[dataset]),
-        "model": model_section(MODEL, objective_spec(dataset, objective, form), form, LAYER, fs["lr"]),
+        "model": model_section(
+            MODEL, objective_spec(dataset, objective, form), form, LAYER, fs["lr"], **reduction(dataset)
+        ),
         "data": {"dataset": dataset, "batch_size": fs["batch_size"]},
-        "tradeoff": tradeoff_section(40),
+        "tradeoff": tradeoff_section(SWEEP_PAIRS),
     }
 
 
@@ -148,10 +166,15 @@ def diffmean_config(dataset: str) -> dict:
         "trainer": trainer,
         "model": {
             "class_path": "lightning_split.DiffMeanSteering",
-            "init_args": {"backbone": MODEL, "form": class_spec(zero, zero.values()), "layer": LAYER},
+            "init_args": {
+                "backbone": MODEL,
+                "form": class_spec(zero, zero.values()),
+                "layer": LAYER,
+                **reduction(dataset),
+            },
         },
         "data": {"dataset": dataset, "batch_size": 8},
-        "tradeoff": tradeoff_section(40),
+        "tradeoff": tradeoff_section(SWEEP_PAIRS),
     }
 
 
@@ -162,7 +185,7 @@ def demo_config() -> dict:
     config["trainer"] = trainer_section(run, 1, 1)
     config["trainer"]["num_sanity_val_steps"] = 0
     config["trainer"]["limit_val_batches"] = 0
-    config["tradeoff"] = tradeoff_section(None, [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0])
+    config["tradeoff"] = tradeoff_section(None, DEMO_SWEEP)
     config["model"]["init_args"]["objective"]["init_args"]["bidirectional"] = False
     config["data"].update(train_size=96, test_size=40, batch_size=8)
     config["test_after_fit"] = True
@@ -220,14 +243,14 @@ def gpu_config(path: str) -> dict:
     split = spec["split"]
     model = model_section(
         spec["backbone"], class_spec(split, split.init_args()), "lora", spec["layer"], spec["lr"],
-        quantization="nf4-dq", dtype="bfloat16", **spec["model_extra"],
+        quantization="nf4-dq", dtype="bfloat16", **spec["model_extra"], **reduction(spec["dataset"]),
     )  # fmt: skip
     return {
         "seed_everything": 42,
         "trainer": trainer,
         "model": model,
         "data": {"dataset": spec["dataset"], "batch_size": spec["batch_size"], "eval_batch_size": 8},
-        "tradeoff": tradeoff_section(40),
+        "tradeoff": tradeoff_section(SWEEP_PAIRS),
     }
 
 

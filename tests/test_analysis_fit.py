@@ -89,10 +89,22 @@ def test_r2_on_scores_a_fit_on_another_split() -> None:
 def test_fewer_distinct_multipliers_than_parameters_is_an_error() -> None:
     m = np.linspace(-1.0, 1.0, 8)
     with pytest.raises(ValueError, match="9 parameters.*got 8"):
-        fit_preference(m, m)
+        fit_preference(m, m, min_points_per_parameter=1)
     with pytest.raises(ValueError, match="8 parameters.*got 4"):
-        fit_utility(np.repeat(m[:4], 2), np.zeros(8))
-    assert fit_utility(m, -(m**2)).n_points == 8
+        fit_utility(np.repeat(m[:4], 2), np.zeros(8), min_points_per_parameter=1)
+    assert fit_utility(m, -(m**2), min_points_per_parameter=1).n_points == 8
+
+
+def test_a_ten_point_grid_is_refused_for_the_nine_parameter_fit() -> None:
+    """On main a 10-point grid gave R² ≈ 1 with absurd parameters; under 2 points per parameter it is refused."""
+    m = np.r_[np.linspace(-2.0, 2.0, 9), 3.0]
+    y = np.random.default_rng(0).normal(size=10)  # noise: any fit through it is meaningless
+    with pytest.raises(ValueError, match=r"9 parameters and needs at least 18 distinct multipliers .*got 10"):
+        fit_preference(m, y)
+    with pytest.raises(ValueError, match=r"8 parameters and needs at least 16 .*got 10"):
+        fit_utility(m, y)
+    grid = np.linspace(-2.0, 2.0, 18)
+    assert fit_preference(grid, np.tanh(grid)).n_points == 18
 
 
 @pytest.mark.parametrize(

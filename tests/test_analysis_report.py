@@ -126,3 +126,62 @@ def test_write_report_without_enough_points_skips_the_fits(tmp_path: Path) -> No
     assert "| preference | n/a | not fitted: a preference fit has 9 parameters" in report
     assert "| utility | n/a | not fitted:" in report
     assert paths["tradeoff_png"].read_bytes().startswith(PNG_SIGNATURE)
+
+
+def clamp_gamed_curve(**extra) -> TradeoffCurve:
+    """10 pairs; m = 1 costs every pair 0.5 utility; m = 2 costs pairs 0-4 three log-odds while pairs 5-9 jump
+    into the clamped region (≈ 18.4), so the mean utility rises from -1 to 7.2 and m = 2 has the top preference."""
+    utility = np.full((3, 10), -1.0)
+    utility[1] = -1.5
+    utility[2] = np.r_[[-4.0] * 5, [18.42] * 5]
+    clamped = np.zeros((3, 10), dtype=bool)
+    clamped[2, 5:] = True
+    preference = np.array([[0.0] * 10, [1.0] * 10, [2.0] * 10])
+    return TradeoffCurve.from_pairs([0.0, 1.0, 2.0], preference, utility, [0, 0, 5], pair_clamped=clamped, **extra)
+
+
+def test_selection_never_picks_an_m_whose_utility_gain_comes_from_clamped_pairs(tmp_path: Path) -> None:
+    curve = clamp_gamed_curve()
+    assert curve.utility[2] == pytest.approx(7.21)  # the plain mean: a "gain" of 8.2 log-odds
+
+    selection = best_multiplier(curve, max_utility_drop=1.0)
+
+    assert selection.multiplier == 1.0 and selection.within_budget == (1.0,)
+    assert selection.clamped == 0 and "0 of 10 pairs are clamped at m = 1." in selection.sentence
+    assert "each pair clamped at that m counted at no more than its value at m = 0" in selection.rule
+    generous = best_multiplier(curve, max_utility_drop=1.6)  # the real drop at m = 2 is 1.5
+    assert generous.multiplier == 2.0 and generous.utility == pytest.approx(-2.5)
+    assert "5 of 10 pairs are clamped at m = 2." in generous.sentence
+    report = write_report(curve, tmp_path, max_utility_drop=1.0)["report_md"].read_text()
+    assert f"Rule (m > 0): {selection.rule}" in report and "0 of 10 pairs are clamped at m = 1." in report
+
+
+def test_selection_without_per_pair_arrays_caps_clamped_multipliers_at_the_baseline() -> None:
+    curve = hand_curve()
+    curve.clamped[-1] = 3  # m = 4: utility -4.0, below the baseline anyway
+    curve.utility[-2] = 5.0  # m = 3 "rises" ...
+    curve.clamped[-2] = 2  # ... with clamped pairs: it counts as no rise at all
+    selection = best_multiplier(curve, max_utility_drop=0.6)
+    assert selection.multiplier == 3.0 and selection.utility == -1.0 and selection.clamped == 2
+
+
+def test_selection_on_answer_classes_uses_the_class_balanced_preference() -> None:
+    """A subset with more "Yes" pairs makes a say-"Yes" control look good on the mean, not on the balanced mean."""
+    pref = np.zeros((2, 10))
+    pref[1] = np.r_[[-1.0] * 3, [1.0] * 7]  # m = 1 says "Yes": 7 Yes pairs gain, 3 No pairs lose
+    curve = TradeoffCurve.from_pairs(
+        [0.0, 1.0], pref, np.full((2, 10), -1.0), [0, 0], pair_class=[0] * 3 + [1] * 7, class_names=["No", "Yes"]
+    )
+    assert curve.preference[1] == pytest.approx(0.4)
+    selection = best_multiplier(curve, max_utility_drop=1.0)
+    assert selection.multiplier == 0.0 and selection.preference == 0.0
+    assert "class-balanced preference log-odds (the mean over the answer classes No, Yes" in selection.rule
+
+
+def test_report_refuses_fits_under_two_points_per_parameter(tmp_path: Path) -> None:
+    m = np.r_[np.linspace(-2.0, 2.0, 9), 3.0]  # a 10-point grid: on main R² 0.99-1.00 with absurd parameters
+    curve = TradeoffCurve.from_pairs(m.tolist(), np.tanh(m)[:, None] + np.zeros((10, 4)), np.zeros((10, 4)), [0] * 10)
+    report = write_report(curve, tmp_path, max_utility_drop=1.0)["report_md"].read_text()
+    assert "| preference | n/a | not fitted: a preference fit has 9 parameters and needs at least 18" in report
+    assert "| utility | n/a | not fitted: a utility fit has 8 parameters and needs at least 16" in report
+    assert "at least 2 distinct multipliers per fitted parameter" in report

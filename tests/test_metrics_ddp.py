@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from lightning_split.metrics import (
+    AnswerClassSplit,
     ClampedPairCount,
     PairAccuracy,
     PairMetric,
@@ -45,6 +46,31 @@ def make_pairs(n: int = N_PAIRS) -> dict[str, torch.Tensor]:
         "logp_neg": -per_token_neg * len_neg,
         "len_pos": len_pos,
         "len_neg": len_neg,
+    }
+
+
+def answer_classes(n: int = N_PAIRS) -> torch.Tensor:
+    """Class ids 0, 1, 2 and -1 (no class) in turn, so each rank holds pairs of every class."""
+    return torch.arange(n) % 4 - 1
+
+
+def build_class_metrics() -> dict[str, AnswerClassSplit]:
+    """Accuracy and preference split by answer class, in both reductions."""
+    return {
+        f"class_{value}_{red}": AnswerClassSplit(value, reduction=red)
+        for value in ("accuracy", "preference")
+        for red in ("sum", "mean")
+    }
+
+
+def collect_classes(metrics: dict[str, AnswerClassSplit]) -> dict[str, dict]:
+    """Per-class means (NaN as None) and the balanced mean (a collective call under DDP)."""
+    return {
+        name: {
+            "per_class": [None if v != v else v for v in metric.compute().tolist()],
+            "balanced": metric.balanced().item(),
+        }
+        for name, metric in metrics.items()
     }
 
 
@@ -88,7 +114,10 @@ def single_process_values() -> dict[str, dict]:
     metrics = build_metrics()
     for metric in metrics.values():
         metric.update(**pairs, index=torch.arange(N_PAIRS))
-    return collect(metrics)
+    class_metrics = build_class_metrics()
+    for metric in class_metrics.values():
+        metric.update(**pairs, answer_class=answer_classes())
+    return {**collect(metrics), **collect_classes(class_metrics)}
 
 
 def run_ddp(out_path: str) -> None:
@@ -102,6 +131,7 @@ def run_ddp(out_path: str) -> None:
             self.anchor = torch.nn.Parameter(torch.zeros(1))
             self.pairs = make_pairs()
             self.metrics = torch.nn.ModuleDict(build_metrics())
+            self.class_metrics = torch.nn.ModuleDict(build_class_metrics())
             self.direct: dict[str, dict] = {}
             self.local_pairs: list[int] = []
 
@@ -114,11 +144,13 @@ def run_ddp(out_path: str) -> None:
             for name, metric in self.metrics.items():
                 metric.update(**rows, index=batch)
                 self.log(name, metric, on_step=False, on_epoch=True)
+            for metric in self.class_metrics.values():
+                metric.update(**rows, answer_class=answer_classes()[batch])
 
         def on_test_epoch_end(self) -> None:
             local = torch.tensor([float(self.metrics["pref_sum"].pair_total)])
             self.local_pairs = [int(x) for x in self.all_gather(local).reshape(-1).tolist()]
-            self.direct = collect(dict(self.metrics.items()))
+            self.direct = {**collect(dict(self.metrics.items())), **collect_classes(dict(self.class_metrics.items()))}
 
     trainer = L.Trainer(
         accelerator="cpu",
@@ -177,6 +209,11 @@ def test_metrics_under_ddp_equal_single_process(tmp_path: Path) -> None:
     assert expected["util_mean"]["clamped_count"] >= 5  # the clamp count is exercised
     for name, ref in expected.items():
         got = record["direct"][name]
+        if name.startswith("class_"):  # split by answer class: float64 sums, exact up to summation order
+            assert [v is None for v in got["per_class"]] == [v is None for v in ref["per_class"]], name
+            assert got["per_class"] == pytest.approx(ref["per_class"], rel=1e-12, abs=1e-12), name
+            assert got["balanced"] == pytest.approx(ref["balanced"], rel=1e-12, abs=1e-12), name
+            continue
         assert record["logged"][name] == pytest.approx(ref["compute"], rel=1e-12, abs=1e-12), name
         assert got["compute"] == pytest.approx(ref["compute"], rel=1e-12, abs=1e-12), name
         assert got["summary"]["pairs"] == N_PAIRS

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 from lightning_split.callbacks import TradeoffCurveCallback, default_grid
-from lightning_split.callbacks.tradeoff import dedupe, limited
+from lightning_split.callbacks.tradeoff import dedupe, only, pair_ids
 
 from lightning_split import SteeringModule
 from lightning_split.analysis import COLUMNS, CurveFit, TradeoffCurve, fit_curve
@@ -177,7 +177,7 @@ def test_callback_writes_reports_and_logs_wandb_offline(
     }
     assert len(tables["val"]) == 2 and len(tables["test"]) == 1
     table = json.loads(tables["test"][0].read_text())
-    assert table["columns"] == list(COLUMNS)
+    assert table["columns"] == list(COLUMNS)  # free-text pairs: no per-class columns
     assert [row[0] for row in table["data"]] == GRID
     pref = table["columns"].index("preference")
     np.testing.assert_allclose([row[pref] for row in table["data"]], test_curve.preference, rtol=1e-12)
@@ -214,7 +214,7 @@ def test_callback_default_grid_max_pairs_and_epoch_interval(tiny_backbone_dir, s
     trainer.test(model, data)
     assert set(callback.reports) == {"val-epoch001"}  # every 2nd validation epoch; no test sweep
     expected = default_grid(model.multipliers)
-    assert expected == [-2.0, -1.6, -1.2, -0.8, -0.4, 0.0, 0.4, 0.8, 1.2, 1.6, 2.0]
+    assert expected == [round(0.2 * k, 6) for k in range(-10, 11)]  # 21 points: enough for the fits
     assert _csv_multipliers(out / "val-epoch001" / "curve.csv") == expected
     curve = TradeoffCurve.from_json(out / "val-epoch001" / "curve.json")
     assert curve.n_pairs == [2] * len(expected)
@@ -234,26 +234,29 @@ def test_callback_default_grid_max_pairs_and_epoch_interval(tiny_backbone_dir, s
 
 
 # ----------------------------------------------------------------------------- pieces
-def test_default_grid_limited_and_dedupe() -> None:
-    assert default_grid([2, 4, 20]) == [-20.0, -16.0, -12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0, 16.0, 20.0]
+def test_default_grid_subset_filter_and_dedupe() -> None:
+    assert default_grid([2, 4, 20]) == [float(2 * k) for k in range(-10, 11)]
     assert default_grid(None, points=5) == [-2.0, -1.0, 0.0, 1.0, 2.0]
     with pytest.raises(ValueError):
         default_grid([1.0], points=4)
     with pytest.raises(ValueError, match="contain 0"):
         TradeoffCurveCallback(multipliers=[1.0, 2.0])
     batches = [random_pair_batch(rows=3, seed=s) for s in range(3)]
-    assert [len(b) for b in limited(batches, 7)] == [3, 3, 1]
-    assert [len(b) for b in limited(batches, None)] == [3, 3, 3]
+    for k, batch in enumerate(batches):
+        batch.index = batch.index + 3 * k
+    assert pair_ids(batches).tolist() == [list(range(9)), [-1] * 9]  # no answer_class: free text
+    assert [b.index.tolist() for b in only(batches, {1, 2, 7})] == [[1, 2], [7]]
     losses = SweepLosses(
         [0.0, 1.0],
         torch.tensor([[1.0, 2.0, 3.0, 1.0], [4.0, 5.0, 6.0, 4.0]], dtype=torch.float64),
         torch.zeros(2, 4, dtype=torch.float64),
         torch.tensor([5, 2, 9, 5]),  # a padded duplicate of pair 5, as a DistributedSampler makes
         "mean",
+        torch.tensor([1, 0, 1, 1]),
     )
     kept = dedupe(losses)
     assert kept.index.tolist() == [2, 5, 9] and kept.l_pos[1].tolist() == [5.0, 4.0, 6.0]
-    assert dedupe(losses, max_pairs=2).index.tolist() == [2, 5]
+    assert kept.answer_class.tolist() == [0, 1, 1]
 
 
 # ----------------------------------------------------------------------------- DDP

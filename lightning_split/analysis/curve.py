@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..metrics.functional import DEFAULT_REDUCTION, Reduction, check_reduction
+from ..data.answers import class_label
+from ..metrics.functional import DEFAULT_REDUCTION, Reduction, check_reduction, class_means
 
-COLUMNS: tuple[str, ...] = (
+COLUMNS: tuple[str, ...] = (  # per-class columns follow when answers form classes: TradeoffCurve.columns
     "multiplier",
     "preference",
     "utility",
@@ -27,8 +29,9 @@ COLUMNS: tuple[str, ...] = (
 _FORMAT = "lightning_split.tradeoff_curve"
 _VERSION = 1
 _PER_MULTIPLIER = ("preference", "utility", "accuracy", "clamped", "n_pairs", "anti_steerable")
-_METADATA = ("reduction", "split", "form", "objective", "layer", "model", "extra")
-_PER_PAIR = ("pair_preference", "pair_utility")
+_METADATA = ("reduction", "split", "form", "objective", "layer", "model", "extra", "class_names", "sampling")
+_PER_PAIR = ("pair_preference", "pair_utility", "pair_clamped")
+_PAIR_IDS = ("pair_index", "pair_class")
 
 
 @dataclass
@@ -55,8 +58,14 @@ class TradeoffCurve:
         layer: Intervened layer.
         model: Model id or path.
         extra: Any further JSON-serialisable metadata.
+        class_names: Names of the answer classes (``["No", "Yes"]``), ``[]`` for free-text answers.
+        sampling: How the pairs were chosen, e.g. ``{"evaluated": 100, "max_pairs": 40, "seed": 0}`` for a
+            seeded subset balanced by answer class of the 100 pairs evaluated; ``{}`` when every pair was swept.
         pair_preference: Optional per-pair preference log-odds, shape ``[n_multipliers, n_pairs]``.
         pair_utility: Optional per-pair utility log-odds, shape ``[n_multipliers, n_pairs]``.
+        pair_clamped: Optional per-pair clamp mask of the utility denominator, ``[n_multipliers, n_pairs]``.
+        pair_index: Optional index (row inside the split) of each pair, in the order of the per-pair columns.
+        pair_class: Optional answer class id of each pair (``-1``: none), same order.
     """
 
     multipliers: list[float]
@@ -73,8 +82,13 @@ class TradeoffCurve:
     layer: int | None = None
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    sampling: dict[str, Any] = field(default_factory=dict)
     pair_preference: np.ndarray | None = None
     pair_utility: np.ndarray | None = None
+    pair_clamped: np.ndarray | None = None
+    pair_index: list[int] | None = None
+    pair_class: list[int] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.multipliers)
@@ -100,12 +114,19 @@ class TradeoffCurve:
             values = getattr(self, name)
             if values is None:
                 continue
-            array = np.asarray(values, dtype=np.float64)
+            array = np.asarray(values, dtype=bool if name == "pair_clamped" else np.float64)
             if array.ndim != 2 or array.shape[0] != n:
                 raise ValueError(f"{name} must have shape [{n}, n_pairs], got {array.shape}")
             if any(count != array.shape[1] for count in self.n_pairs):
                 raise ValueError(f"{name} holds {array.shape[1]} pairs but n_pairs is {self.n_pairs}")
             setattr(self, name, array[order])
+        for name in _PAIR_IDS:
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if any(count != len(values) for count in self.n_pairs):
+                raise ValueError(f"{name} holds {len(values)} pairs but n_pairs is {self.n_pairs}")
+            setattr(self, name, [int(v) for v in values])
 
     @classmethod
     def from_pairs(
@@ -162,37 +183,97 @@ class TradeoffCurve:
         """Position of m = 0 in the sorted grid."""
         return self.multipliers.index(0.0)
 
+    @property
+    def classes(self) -> list[int]:
+        """The answer class ids present among the pairs (``[]``: free text, or no per-pair data)."""
+        if self.pair_class is None or self.pair_preference is None:
+            return []
+        return sorted({c for c in self.pair_class if c >= 0})
+
+    def class_label(self, class_index: int) -> str:
+        """The name of an answer class (``"Yes"``), ``"class3"`` when the curve has no name for it."""
+        return class_label(self.class_names, class_index)
+
+    def class_split(self) -> dict[str, dict[str, list[float]]]:
+        """Accuracy and mean preference log-odds per answer class and multiplier.
+
+        Returns:
+            ``{class name: {"accuracy": [...], "preference": [...]}}`` (lists indexed like ``multipliers``);
+            ``{}`` when the answers form no classes.
+        """
+        if not self.classes:
+            return {}
+        assert self.pair_preference is not None and self.pair_class is not None
+        pref = torch.from_numpy(self.pair_preference)
+        ids = torch.tensor(self.pair_class)
+        n = max(self.classes) + 1
+        means = {}
+        for value, per_pair in (("accuracy", (pref > 0).to(torch.float64)), ("preference", pref)):
+            sums, counts = class_means(per_pair, ids, n)
+            means[value] = (sums / counts).numpy()
+        return {self.class_label(c): {value: means[value][:, c].tolist() for value in means} for c in self.classes}
+
+    def balanced(self, value: str) -> list[float] | None:
+        """The mean over answer classes of each class's ``value`` (``"accuracy"``: the balanced accuracy, or
+        ``"preference"``) per multiplier; ``None`` when the answers form no classes."""
+        split = self.class_split()
+        if not split:
+            return None
+        return np.mean([per_class[value] for per_class in split.values()], axis=0).tolist()
+
+    def columns(self) -> list[str]:
+        """Keys of :meth:`rows`: :data:`COLUMNS`, then, when answers form classes, ``balanced_accuracy`` and
+        ``accuracy[<class>]`` / ``preference[<class>]`` for each class."""
+        split = self.class_split()
+        if not split:
+            return list(COLUMNS)
+        by_class = [f"{value}[{name}]" for name in split for value in ("accuracy", "preference")]
+        return [*COLUMNS, "balanced_accuracy", *by_class]
+
     def rows(self) -> list[dict[str, float | int | None]]:
-        """One dict per multiplier keyed by :data:`COLUMNS`, ready for a table logger."""
+        """One dict per multiplier keyed by :meth:`columns`, ready for a table logger."""
         anti = self.anti_steerable or [None] * len(self.multipliers)
         columns = zip(self.multipliers, self.preference, self.utility, self.accuracy, self.clamped, self.n_pairs, anti)
-        return [dict(zip(COLUMNS, values)) for values in columns]
+        rows: list[dict[str, float | int | None]] = [dict(zip(COLUMNS, values)) for values in columns]
+        split = self.class_split()
+        if split:
+            balanced = self.balanced("accuracy")
+            assert balanced is not None
+            for i, row in enumerate(rows):
+                row["balanced_accuracy"] = balanced[i]
+                for name, per_class in split.items():
+                    for value in ("accuracy", "preference"):
+                        row[f"{value}[{name}]"] = per_class[value][i]
+        return rows
 
     def metadata(self) -> dict[str, Any]:
         """The setup fields: reduction, split, form, objective, layer, model and extra."""
         return {name: getattr(self, name) for name in _METADATA}
 
     def to_csv(self, path: str | Path) -> Path:
-        """Writes one row per multiplier under a :data:`COLUMNS` header; a missing value is an empty cell.
+        """Writes one row per multiplier under a :meth:`columns` header; a missing value is an empty cell.
 
         Floats are written with ``repr`` precision, so reading them back gives the same numbers.
         """
         path = Path(path)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
+            columns = self.columns()
+            writer.writerow(columns)
             for row in self.rows():
-                writer.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+                writer.writerow(["" if row[c] is None else row[c] for c in columns])
         return path
 
     def to_json(self, path: str | Path) -> Path:
-        """Writes the whole curve, metadata and per-pair arrays included, as JSON."""
+        """Writes the whole curve, metadata, per-pair arrays and the pairs used (``pair_index``) included, as
+        JSON; with answer classes also the per-class accuracy and preference (``class_split``)."""
         payload: dict[str, Any] = {"format": _FORMAT, "version": _VERSION, "multipliers": self.multipliers}
         payload.update({name: getattr(self, name) for name in _PER_MULTIPLIER})
         payload.update(self.metadata())
-        for name in _PER_PAIR:
+        payload["class_split"] = self.class_split()
+        for name in (*_PER_PAIR, *_PAIR_IDS):
             values = getattr(self, name)
-            payload[name] = None if values is None else values.tolist()
+            payload[name] = values.tolist() if isinstance(values, np.ndarray) else values
         path = Path(path)
         path.write_text(json.dumps(payload, indent=2))
         return path
@@ -203,11 +284,8 @@ class TradeoffCurve:
         payload = json.loads(Path(path).read_text())
         if payload.get("format") != _FORMAT or payload.get("version") != _VERSION:
             raise ValueError(f"{path} is not a version-{_VERSION} {_FORMAT} file")
-        names = ("multipliers", *_PER_MULTIPLIER, *_METADATA)
-        arrays = {
-            name: None if payload[name] is None else np.asarray(payload[name], dtype=np.float64) for name in _PER_PAIR
-        }
-        return cls(**{name: payload[name] for name in names}, **arrays)
+        names = ("multipliers", *_PER_MULTIPLIER, *_METADATA, *_PER_PAIR, *_PAIR_IDS)
+        return cls(**{name: payload[name] for name in names if payload.get(name) is not None})
 
 
 def _optional_float(value: float | None) -> float | None:

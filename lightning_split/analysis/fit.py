@@ -18,6 +18,7 @@ curve and its R² are the meaningful outputs.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -28,7 +29,11 @@ from scipy.optimize import minimize
 FitKind = Literal["preference", "utility"]
 
 N_PARAMS: dict[str, int] = {"preference": 9, "utility": 8}
-"""Number of fitted parameters; a fit needs at least this many distinct multipliers."""
+"""Number of fitted parameters of each curve."""
+
+MIN_POINTS_PER_PARAMETER = 2.0
+"""Distinct multipliers a fit needs per fitted parameter (18 for preference, 16 for utility). With fewer, a
+9-parameter curve passes through nearly any 10 points: R² near 1 and absurd parameters, evidence of nothing."""
 
 _M_BOUND = 5.0  # |m±| <= 5 * max|m| of the data
 _LOG_L_BOUNDS = (np.log(1e-4), np.log(1e4))  # L± in normalised units (max|m| = 1)
@@ -104,26 +109,28 @@ class CurveFit:
         return {**linear, "beta": self.beta, "offset": self.offset, **asdict(self.decay)}
 
 
-def fit_preference(m: ArrayLike, y: ArrayLike) -> CurveFit:
+def fit_preference(m: ArrayLike, y: ArrayLike, min_points_per_parameter: float = MIN_POINTS_PER_PARAMETER) -> CurveFit:
     """Fits ``(alpha*m + beta) * D(m) + b`` to preference log-odds ``y`` at multipliers ``m``.
 
+    Args:
+        m: the multipliers.
+        y: the preference log-odds at ``m``.
+        min_points_per_parameter: distinct multipliers required per fitted parameter (at least 1).
+
     Raises:
         ValueError: If inputs are not finite 1-D arrays of equal length, or there are fewer distinct
-            multipliers than the 9 parameters.
+            multipliers than ``min_points_per_parameter`` × the 9 parameters.
         RuntimeError: If no start converges to a fit continuous at m = 0.
     """
-    return _fit("preference", m, y)
+    return _fit("preference", m, y, min_points_per_parameter)
 
 
-def fit_utility(m: ArrayLike, y: ArrayLike) -> CurveFit:
+def fit_utility(m: ArrayLike, y: ArrayLike, min_points_per_parameter: float = MIN_POINTS_PER_PARAMETER) -> CurveFit:
     """Fits ``beta * D(m) + b`` to utility log-odds ``y`` at multipliers ``m``.
 
-    Raises:
-        ValueError: If inputs are not finite 1-D arrays of equal length, or there are fewer distinct
-            multipliers than the 8 parameters.
-        RuntimeError: If no start converges to a fit continuous at m = 0.
+    Args, Raises: as in :func:`fit_preference`, with 8 parameters.
     """
-    return _fit("utility", m, y)
+    return _fit("utility", m, y, min_points_per_parameter)
 
 
 def r2_on(fit: CurveFit, m: ArrayLike, y: ArrayLike) -> float:
@@ -135,13 +142,17 @@ def r2_on(fit: CurveFit, m: ArrayLike, y: ArrayLike) -> float:
     return _r2(y, fit.predict(m))
 
 
-def _fit(kind: FitKind, m: ArrayLike, y: ArrayLike) -> CurveFit:
+def _fit(kind: FitKind, m: ArrayLike, y: ArrayLike, min_points_per_parameter: float) -> CurveFit:
     m, y = _as_points(m, y)
+    if min_points_per_parameter < 1:
+        raise ValueError(f"min_points_per_parameter must be >= 1, got {min_points_per_parameter}")
     distinct = len(np.unique(m))
-    if distinct < N_PARAMS[kind]:
+    needed = math.ceil(min_points_per_parameter * N_PARAMS[kind])
+    if distinct < needed:
         raise ValueError(
-            f"a {kind} fit has {N_PARAMS[kind]} parameters and needs at least as many distinct "
-            f"multipliers, got {distinct}"
+            f"a {kind} fit has {N_PARAMS[kind]} parameters and needs at least {needed} distinct multipliers "
+            f"({min_points_per_parameter:g} per parameter), got {distinct}: with fewer the curve follows almost "
+            "any points, so its R² and parameters would mean nothing"
         )
     m_scale = float(np.abs(m).max())
     y_mean, y_std = float(y.mean()), float(y.std())

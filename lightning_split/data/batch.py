@@ -22,6 +22,8 @@ class PairBatch:
         neg_ids: ``[B, Cn]`` tokens of the not-matching completion ``A_n``.
         neg_mask: ``[B, Cn]`` the completion-only loss mask of ``A_n``.
         index: ``[B]`` row index of each pair inside its split (stable across epochs; seeds the multiplier draws).
+        answer_class: ``[B]`` class id of each pair's matching answer
+            (:mod:`~lightning_split.data.answers`; ``-1`` for free-text answers), or ``None`` when unknown.
     """
 
     prompt_ids: torch.Tensor
@@ -31,17 +33,18 @@ class PairBatch:
     neg_ids: torch.Tensor
     neg_mask: torch.Tensor
     index: torch.Tensor
+    answer_class: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
     def to(self, device: torch.device | str) -> PairBatch:
         """Moves every tensor to ``device``."""
-        return PairBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return PairBatch(**{name: value.to(device) for name, value in _tensors(self).items()})
 
     def select(self, rows: torch.Tensor | slice) -> PairBatch:
         """Returns the pairs at ``rows`` (padding is kept)."""
-        return PairBatch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        return PairBatch(**{name: value[rows] for name, value in _tensors(self).items()})
 
     def swapped(self) -> PairBatch:
         """Returns the batch with matching and not-matching completions exchanged ("sub" pairs)."""
@@ -53,6 +56,7 @@ class PairBatch:
             neg_ids=self.pos_ids,
             neg_mask=self.pos_mask,
             index=self.index,
+            answer_class=self.answer_class,
         )
 
 
@@ -60,4 +64,9 @@ def repeat_batch(batch: PairBatch, times: int) -> PairBatch:
     """Stacks ``times`` copies of ``batch`` (rows ``k·B .. (k+1)·B`` are copy ``k``)."""
     if times == 1:
         return batch
-    return PairBatch(**{f.name: torch.cat([getattr(batch, f.name)] * times) for f in fields(batch)})
+    return PairBatch(**{name: torch.cat([value] * times) for name, value in _tensors(batch).items()})
+
+
+def _tensors(batch: PairBatch) -> dict[str, torch.Tensor]:
+    """The batch's tensors by field name (an unknown ``answer_class`` is left out)."""
+    return {f.name: getattr(batch, f.name) for f in fields(batch) if getattr(batch, f.name) is not None}

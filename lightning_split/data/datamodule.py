@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_split.backbone import load_tokenizer
+from lightning_split.data.answers import answer_classes, class_id
 from lightning_split.data.batch import PairBatch
 from lightning_split.data.pairs import BadRowError, DataFileError, PolarityPair
 from lightning_split.data.readers import read_pairs
@@ -90,7 +91,8 @@ class PairCollator:
         pos_ids, pos_mask = pad_right([it.pos_ids for _, it in items], self.pad_id)
         neg_ids, neg_mask = pad_right([it.neg_ids for _, it in items], self.pad_id)
         index = torch.tensor([i for i, _ in items], dtype=torch.long)
-        return PairBatch(prompt_ids, prompt_mask, pos_ids, pos_mask, neg_ids, neg_mask, index)
+        answer_class = torch.tensor([it.answer_class for _, it in items], dtype=torch.long)
+        return PairBatch(prompt_ids, prompt_mask, pos_ids, pos_mask, neg_ids, neg_mask, index, answer_class)
 
 
 class PolarityDataModule(L.LightningDataModule):
@@ -148,6 +150,10 @@ class PolarityDataModule(L.LightningDataModule):
         not_matching_field: overrides the detected not-matching-completion field.
         group_field: a field that groups rows (AxBench ``concept_id``).
         use_chat_template: None uses the tokenizer's chat template when it has one; False uses plain text.
+
+    Attributes:
+        answer_classes: the dataset's answer classes after :meth:`setup` (``["No", "Yes"]`` for Psychopathy,
+            ``[]`` for free text); every batch carries each pair's class id in ``PairBatch.answer_class``.
     """
 
     def __init__(
@@ -206,6 +212,7 @@ class PolarityDataModule(L.LightningDataModule):
         self.use_chat_template = use_chat_template
         self.resolved: ResolvedDataset | None = None
         self.splits: Splits | None = None
+        self.answer_classes: list[str] = []
         self.read_skipped: list[SkippedRow] = []
         self.length_skipped: list[SkippedRow] = []
         self._kept: Splits | None = None
@@ -278,6 +285,7 @@ class PolarityDataModule(L.LightningDataModule):
             self._report_skipped("reading", self.read_skipped)
             train_size, val_size, test_size = self.sizes
             self.splits = split_dataset(self.resolved.spec, pools, train_size, val_size, test_size, self.seed)
+            self.answer_classes = answer_classes([p for name in SPLIT_NAMES for p in self.splits[name]])
             sizes = " / ".join(f"{n} {name}" for name, n in self.splits.sizes().items())
             rank_zero_info(f"dataset {self.resolved.spec.name}: {sizes} pairs (seed {self.seed})")
         return self.splits
@@ -322,7 +330,7 @@ class PolarityDataModule(L.LightningDataModule):
             kept_pairs, kept_ids = [], []
             for pair in self.splits[name]:
                 try:
-                    kept_ids.append(tok(pair))
+                    kept_ids.append(replace(tok(pair), answer_class=class_id(pair, self.answer_classes)))
                     kept_pairs.append(pair)
                 except BadRowError as err:
                     if not self.skip_bad_rows:
@@ -372,6 +380,7 @@ class PolarityDataModule(L.LightningDataModule):
             "files": {k: str(v) for k, v in self.resolved.paths.items()},
             "seed": self.seed,
             "sizes": (self._kept or self.splits).sizes(),
+            "answer_classes": self.answer_classes,
             "max_length": self.max_length,
             "skip_bad_rows": self.skip_bad_rows,
             "skipped": len(self.skipped),

@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from lightning_split.data.answers import answer_classes
 from lightning_split.data.pairs import DataFileError, PolarityPair
 from lightning_split.data.registry import DatasetSpec
 
@@ -73,11 +74,11 @@ def stratum_of(stratify: str | None) -> Callable[[PolarityPair], str]:
 def auto_stratify(pairs: Sequence[PolarityPair]) -> str | None:
     """Chooses a stratification for a plain data file.
 
-    Returns ``"answer"`` for two-answer datasets (the matching answers take two values, the same two as the
-    not-matching ones, like Yes/No), ``"group"`` when rows carry a group, None otherwise.
+    Returns ``"answer"`` when the answers form classes (:func:`~lightning_split.data.answers.answer_classes`:
+    a few matching answers, the same as the not-matching ones, like Yes/No), ``"group"`` when rows carry a
+    group, None otherwise.
     """
-    matching = {p.matching for p in pairs}
-    if len(matching) == 2 and matching == {p.not_matching for p in pairs}:
+    if answer_classes(pairs):
         return "answer"
     if any(p.group for p in pairs):
         return "group"

@@ -34,11 +34,13 @@ class TokenizedPair:
         prompt_ids: the templated prompt, generation prompt included.
         pos_ids: the matching completion followed by the end-of-turn text.
         neg_ids: the not-matching completion followed by the end-of-turn text.
+        answer_class: the class of the matching answer (:mod:`~lightning_split.data.answers`; -1: none).
     """
 
     prompt_ids: list[int]
     pos_ids: list[int]
     neg_ids: list[int]
+    answer_class: int = -1
 
     @property
     def length(self) -> int:

@@ -173,3 +173,30 @@ def anti_steerable_fraction(pref_at_m: Tensor, pref_at_0: Tensor, m: float | Ten
     if shift.numel() == 0:
         return torch.tensor(math.nan, dtype=torch.float64, device=shift.device)
     return (shift * sign < 0).to(torch.float64).mean()
+
+
+def class_means(values: Tensor, classes: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-class sums and counts of per-pair values, the states behind every answer-class split.
+
+    Args:
+        values: ``[..., B]`` per-pair values (e.g. per multiplier ``[M, B]``).
+        classes: ``[B]`` class id of each pair; ids outside ``[0, n_classes)`` (``-1``: no class) are left out.
+        n_classes: number of classes.
+
+    Returns:
+        ``(sums, counts)``: ``[..., n_classes]`` float64 sums of the values of each class's pairs and
+        ``[n_classes]`` float64 pair counts. ``sums / counts`` is each class's mean (NaN for an empty class).
+    """
+    values = values.detach().to(torch.float64)
+    classes = classes.detach().reshape(-1).to(device=values.device, dtype=torch.long)
+    if values.shape[-1] != classes.numel():
+        raise ValueError(f"{values.shape[-1]} per-pair values for {classes.numel()} class ids")
+    member = classes[:, None] == torch.arange(n_classes, device=values.device)  # [B, C]
+    sums = torch.where(member, values[..., None], 0.0).sum(-2)  # a NaN pair only spoils its own class
+    return sums, member.sum(0).to(torch.float64)
+
+
+def balanced_mean(class_mean: Tensor) -> Tensor:
+    """The mean over classes of per-class means ``[..., C]``, empty (NaN) classes left out."""
+    present = ~torch.isnan(class_mean)
+    return torch.where(present, class_mean, 0.0).sum(-1) / present.sum(-1)

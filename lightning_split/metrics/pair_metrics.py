@@ -21,12 +21,15 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from lightning_split.data.answers import MAX_ANSWER_CLASSES
 from lightning_split.metrics.functional import (
     DEFAULT_EPS,
     DEFAULT_REDUCTION,
     Reduction,
     anti_steerable_fraction,
+    balanced_mean,
     check_reduction,
+    class_means,
     pair_accuracy,
     pair_nll,
     preference_log_odds,
@@ -69,7 +72,25 @@ def _cat(state: list[Tensor] | Tensor, dtype: torch.dtype) -> Tensor:
     return state.reshape(-1).to(dtype)
 
 
-class PairMetric(Metric):
+class Float64Metric(Metric):
+    """A metric whose float64 (and int64) states keep their dtype whatever the owning module is cast to."""
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], exclude_state: Sequence[str] = "") -> torch.nn.Module:
+        """Moves states between devices like torchmetrics does, but never changes their dtype.
+
+        ``Module.to(dtype)`` is not guarded by torchmetrics, so a LightningModule cast to bf16 (as
+        ``precision="bf16-true"`` does) would otherwise round the float64 sums. Dtype changes are refused
+        (``set_dtype`` included): the states stay float64 (pair indices int64).
+        """
+
+        def keep_dtype(tensor: Tensor) -> Tensor:
+            moved = fn(tensor)
+            return moved if moved.dtype == tensor.dtype else tensor.to(moved.device)
+
+        return super()._apply(keep_dtype, exclude_state)
+
+
+class PairMetric(Float64Metric):
     """Base class: mean over pairs of one per-pair value computed from ``(L_p, L_n)``.
 
     Subclasses implement :meth:`_pair_values`. All query methods (:meth:`compute`, :meth:`per_pair`,
@@ -187,20 +208,6 @@ class PairMetric(Metric):
             "pairs": int(self.pair_total.item()),
             "reduction": self.reduction,
         }
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], exclude_state: Sequence[str] = "") -> torch.nn.Module:
-        """Moves states between devices like torchmetrics does, but never changes their dtype.
-
-        ``Module.to(dtype)`` is not guarded by torchmetrics, so a LightningModule cast to bf16 (as
-        ``precision="bf16-true"`` does) would otherwise round the float64 sums. Dtype changes are refused
-        (``set_dtype`` included): the states stay float64 (pair indices int64).
-        """
-
-        def keep_dtype(tensor: Tensor) -> Tensor:
-            moved = fn(tensor)
-            return moved if moved.dtype == tensor.dtype else tensor.to(moved.device)
-
-        return super()._apply(keep_dtype, exclude_state)
 
 
 class PreferenceLogOdds(PairMetric):
@@ -350,3 +357,75 @@ class ClampedPairCount(PairMetric):
         out["value"] = float(self.value_sum.item())
         out["eps"] = self.eps
         return out
+
+
+CLASS_VALUES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "accuracy": pair_accuracy,
+    "preference": preference_log_odds,
+}
+"""The per-pair values an :class:`AnswerClassSplit` can split: pair accuracy and preference log-odds."""
+
+
+class AnswerClassSplit(Float64Metric):
+    """Pair accuracy or preference log-odds per answer class (the matching answer), and their balanced mean.
+
+    A control that learned to say "Yes" scores accuracy 1.0 on the "Yes" pairs and 0.0 on the "No" pairs;
+    the pooled accuracy (0.5 on a balanced set) hides that, the split shows it. The balanced mean (for
+    accuracy: the balanced accuracy) is the unweighted mean over the classes that have pairs. States are
+    float64 per-class sums and counts reduced with ``"sum"``, so a DDP run gives the single-process numbers.
+    Pairs of class ``-1`` (free-text answers) are left out.
+
+    Args:
+        value: ``"accuracy"`` (share of pairs with ``L_p < L_n``) or ``"preference"`` (``L_n - L_p``).
+        reduction: See :class:`PairMetric`.
+        n_classes: the most classes (ids ``0 .. n_classes - 1``).
+        **kwargs: Passed to :class:`torchmetrics.Metric`.
+    """
+
+    is_differentiable: bool = False
+    higher_is_better: bool | None = None
+    full_state_update: bool = False
+
+    class_sum: Tensor
+    class_count: Tensor
+
+    def __init__(
+        self, value: str = "accuracy", reduction: Reduction = "sum", n_classes: int = MAX_ANSWER_CLASSES, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if value not in CLASS_VALUES:
+            raise ValueError(f"value must be one of {sorted(CLASS_VALUES)}, got {value!r}")
+        if n_classes < 1:
+            raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+        self.value = value
+        self.reduction: Reduction = check_reduction(reduction)
+        self.n_classes = n_classes
+        self.add_state("class_sum", torch.zeros(n_classes, dtype=_F64), dist_reduce_fx="sum")
+        self.add_state("class_count", torch.zeros(n_classes, dtype=_F64), dist_reduce_fx="sum")
+
+    def update(
+        self,
+        logp_pos: Tensor,
+        logp_neg: Tensor,
+        len_pos: Tensor | None = None,
+        len_neg: Tensor | None = None,
+        answer_class: Tensor | None = None,
+    ) -> None:
+        """Adds a batch of pairs; inputs as in :meth:`PairMetric.update`, plus each pair's ``answer_class``."""
+        if answer_class is None:
+            raise ValueError("AnswerClassSplit needs each pair's answer_class (PairBatch.answer_class)")
+        if bool((answer_class >= self.n_classes).any()):
+            raise ValueError(f"answer_class ids must be < n_classes = {self.n_classes}")
+        l_pos = pair_nll(_flat(logp_pos), _flat(len_pos), self.reduction)
+        l_neg = pair_nll(_flat(logp_neg), _flat(len_neg), self.reduction).to(l_pos.device)
+        sums, counts = class_means(CLASS_VALUES[self.value](l_pos, l_neg), answer_class, self.n_classes)
+        self.class_sum += sums.to(self.class_sum.device)
+        self.class_count += counts.to(self.class_count.device)
+
+    def compute(self) -> Tensor:
+        """Returns the ``[n_classes]`` float64 per-class means (NaN for a class without pairs)."""
+        return self.class_sum / self.class_count
+
+    def balanced(self) -> Tensor:
+        """Returns the float64 mean of the per-class means over the classes with pairs (NaN when none)."""
+        return balanced_mean(self.compute())

@@ -23,12 +23,22 @@ from torch import nn
 
 from ..artifacts import CONTROL_DIRNAME, control_metadata, save_control
 from ..backbone import AttnImplementation, Dtype, Quantization, load_backbone
+from ..data.answers import class_label, trainer_answer_classes
 from ..data.batch import PairBatch, repeat_batch
 from ..engine import PairLogProbs, PairScorer
 from ..generation import generate_steered
 from ..interventions import FormOptions, Intervention, VectorOptions, build_control, form_of
 from ..layout import ModelLayout, discover_layout, middle_layer
-from ..metrics import DEFAULT_REDUCTION, PairAccuracy, PreferenceLogOdds, Reduction, UtilityLogOdds
+from ..metrics import (
+    DEFAULT_REDUCTION,
+    AnswerClassSplit,
+    PairAccuracy,
+    PreferenceLogOdds,
+    Reduction,
+    UtilityLogOdds,
+    balanced_mean,
+)
+from ..metrics.pair_metrics import CLASS_VALUES
 from ..objectives import SPLIT, Objective
 from ..placement import backbone_device_map, backbone_dtype, check_precision_plugin
 from ..quantization import prepare_for_kbit_training
@@ -163,6 +173,15 @@ class SteeringModule(L.LightningModule):
                         "util_logodds": UtilityLogOdds(reduction=nll_reduction),
                         "pair_accuracy": PairAccuracy(reduction=nll_reduction),
                     }
+                )
+                for stage in ("val", "test")
+                for at in ("steered", "base")
+            }
+        )
+        self.class_metrics = nn.ModuleDict(
+            {
+                f"{stage}_{at}": nn.ModuleDict(
+                    {value: AnswerClassSplit(value, reduction=nll_reduction) for value in CLASS_VALUES}
                 )
                 for stage in ("val", "test")
                 for at in ("steered", "base")
@@ -361,12 +380,42 @@ class SteeringModule(L.LightningModule):
             for name, metric in self.metrics[f"{stage}_{at}"].items():
                 metric.update(lp.logp_pos, lp.logp_neg, lp.len_pos, lp.len_neg)
                 self.log(f"{stage}/{name}" + ("" if at == "steered" else "_base"), metric, batch_size=len(batch))
+            if batch.answer_class is not None:
+                for metric in self.class_metrics[f"{stage}_{at}"].values():
+                    metric.update(lp.logp_pos, lp.logp_neg, lp.len_pos, lp.len_neg, batch.answer_class)
+
+    def _log_answer_classes(self, stage: str) -> None:
+        """Logs accuracy and preference per answer class and the balanced accuracy, when answers form classes.
+
+        Keys: ``{stage}/pair_accuracy/answer=Yes``, ``{stage}/pref_logodds/answer=Yes``,
+        ``{stage}/balanced_accuracy`` (and ``_base`` after the metric name for the unsteered model). Every rank
+        computes (the states are summed over ranks) and logs the same values.
+        """
+        names = trainer_answer_classes(self._trainer)
+        keys = {"accuracy": "pair_accuracy", "preference": "pref_logodds"}
+        for at, suffix in (("steered", ""), ("base", "_base")):
+            metrics = self.class_metrics[f"{stage}_{at}"]
+            values = {value: metric.compute() for value, metric in metrics.items()}
+            present = torch.nonzero(~torch.isnan(values["accuracy"])).flatten().tolist()
+            for c in present:
+                for value, key in keys.items():
+                    self.log(f"{stage}/{key}{suffix}/answer={class_label(names, c)}", values[value][c].item())
+            if present:
+                self.log(f"{stage}/balanced_accuracy{suffix}", balanced_mean(values["accuracy"]).item())
+            for metric in metrics.values():
+                metric.reset()
 
     def validation_step(self, batch: PairBatch, batch_idx: int) -> None:
         self._evaluate("val", batch)
 
     def test_step(self, batch: PairBatch, batch_idx: int) -> None:
         self._evaluate("test", batch)
+
+    def on_validation_epoch_end(self) -> None:  # noqa: D102
+        self._log_answer_classes("val")
+
+    def on_test_epoch_end(self) -> None:  # noqa: D102
+        self._log_answer_classes("test")
 
     # ----------------------------------------------------------------- generation
     def generate(self, batch: PairBatch, multiplier: float) -> list[str]:

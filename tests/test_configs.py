@@ -76,25 +76,11 @@ def test_config_parses_and_builds(
     assert cli.model.backbone is None, "building a config must not load the backbone"
 
 
-def _tradeoff_args(node: object) -> dict | None:
-    """The TradeoffCurveCallback init_args wherever a config declares the callback."""
-    if isinstance(node, dict):
-        if str(node.get("class_path", "")).endswith("TradeoffCurveCallback"):
-            return node.get("init_args", {})
-        children = node.values()
-    elif isinstance(node, list):
-        children = node
-    else:
-        return None
-    return next((found for child in children if (found := _tradeoff_args(child)) is not None), None)
-
-
 def test_shipped_sweeps_can_be_fitted_and_cover_the_psychopathy_split() -> None:
     """Every shipped grid has the 18 distinct multipliers the report's 9-parameter fit needs; Yes/No configs score
     with summed NLL (utility is then a probability's log-odds) and sweep every Psychopathy test pair."""
     for path, (_, cfg) in _generator().all_configs().items():
-        args = _tradeoff_args(cfg)
-        assert args is not None, path
+        args = cfg["tradeoff"]  # the CLI's `tradeoff` group (the callback's settings)
         assert len(set(args["multipliers"])) >= 18, path
         if cfg["data"]["dataset"] == "psychopathy":
             assert cfg["model"]["init_args"]["nll_reduction"] == "sum", path

@@ -16,6 +16,9 @@ class JsonlPredictionWriter(BasePredictionWriter):
     Args:
         output_path: the file (default ``<log_dir>/predictions.jsonl``); under DDP each rank writes
             ``<stem>.rank<k>.jsonl``. An existing file is replaced at the start of ``predict``.
+
+    Attributes:
+        path: the file being written (set when ``predict`` starts), or ``None``.
     """
 
     def __init__(self, output_path: str | None = None) -> None:
@@ -45,6 +48,10 @@ class JsonlPredictionWriter(BasePredictionWriter):
         with self.path.open("a") as f:
             for row in prediction:
                 f.write(json.dumps(row) + "\n")
+
+    def outputs(self) -> dict[str, Path]:
+        """``{"predictions": path}`` once ``predict`` started (:class:`~lightning_split.contracts.HasOutputs`)."""
+        return {"predictions": self.path} if self.path is not None else {}
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.path is not None:

@@ -7,6 +7,10 @@ the end of testing. It writes the curve as PNG plots, CSV, JSON and ``report.md`
 ``<output_dir>/test/``, logs scalars to every logger and, for a ``WandbLogger``, W&B line and scatter
 charts, the PNGs and a ``wandb.Table`` of the curve.
 
+The module is read only through :class:`~lightning_split.contracts.SweepTarget` (``sweep_spec()`` and
+``describe()``); a module without them is refused when the trainer sets up. The written reports are listed by
+:meth:`TradeoffCurveCallback.outputs` (:class:`~lightning_split.contracts.HasOutputs`).
+
 With DDP each rank sweeps the pairs of its own shard (the dataloader Lightning prepared, with its
 distributed sampler); the per-pair losses are gathered, duplicates added by the sampler's padding are
 dropped by pair index, and rank 0 alone builds the curve, writes and logs. The numbers therefore equal a
@@ -30,9 +34,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_split.analysis import CurveFit, TradeoffCurve, best_multiplier, fit_curve, write_report
-from lightning_split.data.answers import NO_CLASS, balanced_subset, trainer_answer_classes
+from lightning_split.contracts import RunDescription, SweepSpec, require_sweep_target
+from lightning_split.data.answers import NO_CLASS, balanced_subset
 from lightning_split.data.batch import PairBatch
-from lightning_split.sweep import DEFAULT_MAX_ROWS, SweepLosses, curve_from_losses, sweep_losses
+from lightning_split.sweep import DEFAULT_MAX_ROWS, LowerFn, SweepLosses, check_grid, curve_from_losses, sweep_losses
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +136,9 @@ class TradeoffCurveCallback(Callback):
     """Sweeps the control's multiplier on validation and test pairs and reports the trade-off curve.
 
     Args:
-        multipliers: the sweep grid; must contain 0. ``None``: 21 points from ``-s`` to ``s`` with ``s`` the
-            largest multiplier of the module's training grid (``pl_module.multipliers``), e.g.
+        multipliers: the sweep grid; must contain 0 (:func:`~lightning_split.sweep.check_grid`). ``None``: 21
+            points from ``-s`` to ``s`` with ``s`` the largest multiplier of the module's training grid
+            (``sweep_spec().training_multipliers``), e.g.
             ``-2, -1.8, …, 2`` for the default grid ``{0.2, …, 2.0}``.
         every_n_val_epochs: sweep after every N-th validation epoch (0: never during fit).
         max_pairs: sweep at most this many of the pairs the trainer evaluates (``limit_val_batches`` /
@@ -146,7 +152,8 @@ class TradeoffCurveCallback(Callback):
         output_dir: where the reports go (``None``: ``<trainer.log_dir>/tradeoff``).
         max_rows: packed rows (pairs × multipliers) per upper-block pass of the sweep.
         progress: show the sweep's own ``rich`` progress bar (off by default; Lightning has its bar).
-        use_lower_cache: reuse the module's lower-block state cache (filled by validation/test steps).
+        use_lower_cache: reuse the module's lower-block states (``sweep_spec().lower``, filled by
+            validation/test steps).
         seed: seed of the ``max_pairs`` subset.
 
     Attributes:
@@ -172,11 +179,7 @@ class TradeoffCurveCallback(Callback):
     ) -> None:
         super().__init__()
         if multipliers is not None:
-            multipliers = [float(m) for m in multipliers]
-            if 0.0 not in multipliers:
-                raise ValueError(f"the sweep grid must contain 0 (the unsteered model): {multipliers}")
-            if len(set(multipliers)) != len(multipliers):
-                raise ValueError(f"duplicate multipliers in {multipliers}")
+            multipliers = check_grid(multipliers)
         if every_n_val_epochs < 0:
             raise ValueError(f"every_n_val_epochs must be >= 0, got {every_n_val_epochs}")
         if max_pairs is not None and max_pairs < 1:
@@ -207,13 +210,28 @@ class TradeoffCurveCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
         self._val_epochs = int(state_dict.get("val_epochs", 0))
 
-    def grid(self, pl_module: L.LightningModule) -> list[float]:
+    def grid(self, spec: SweepSpec) -> list[float]:
         """The sweep grid (the given one, or the default built from the module's training grid)."""
         if self.multipliers is not None:
             return list(self.multipliers)
-        return default_grid(getattr(pl_module, "multipliers", None))
+        return default_grid(spec.training_multipliers)
+
+    def outputs(self) -> dict[str, Path]:
+        """The last report's folder (``trade-off report``) and files (keys of
+        :func:`~lightning_split.analysis.write_report`); empty before the first report (and on ranks > 0)."""
+        if self.last_report is None:
+            return {}
+        return {
+            "trade-off report": self.last_report["dir"],
+            **{k: v for k, v in self.last_report.items() if k != "dir"},
+        }
 
     # ----------------------------------------------------------------- hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Refuses, before any step runs, a module that does not satisfy
+        :class:`~lightning_split.contracts.SweepTarget`."""
+        require_sweep_target(pl_module, type(self).__name__)
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         if trainer.sanity_checking or self.every_n_val_epochs == 0:
             return
@@ -246,12 +264,12 @@ class TradeoffCurveCallback(Callback):
         first one bounds the sweep, as ``limit_*_batches`` bounds evaluation). Returns the report paths on
         rank 0, else ``None``.
         """
-        scorer, control = getattr(pl_module, "scorer", None), getattr(pl_module, "control", None)
-        if scorer is None or control is None or loader is None:
-            log.warning("TradeoffCurveCallback: no scorer, control or %s dataloader; skipping the sweep", stage)
+        target = require_sweep_target(pl_module, type(self).__name__)
+        if loader is None:
+            log.warning("TradeoffCurveCallback: no %s dataloader; skipping the sweep", stage)
             return None
+        spec = target.sweep_spec()
         out_dir = self._root(trainer) / tag  # trainer.log_dir broadcasts: called on every rank
-        hparams = getattr(pl_module, "hparams", {})
         batches: Iterable[PairBatch] = _first_batches(loader, num_batches)
         sampling: dict[str, Any] = {}
         if self.max_pairs is not None:
@@ -262,23 +280,24 @@ class TradeoffCurveCallback(Callback):
             if len(chosen) < evaluated:
                 batches = only(batches, chosen)
                 sampling = {"evaluated": evaluated, "max_pairs": self.max_pairs, "seed": self.seed}
+        lower: LowerFn | None = spec.lower if self.use_lower_cache else None
         losses = sweep_losses(
-            scorer,
-            control,
+            spec.scorer,
+            spec.control,
             batches,
-            self.grid(pl_module),
-            positions=getattr(pl_module, "positions", "all"),
-            reduction=hparams.get("nll_reduction", "mean"),
+            self.grid(spec),
+            positions=spec.positions,
+            reduction=spec.reduction,
             progress=self.progress and trainer.is_global_zero,
             device=pl_module.device,
             max_rows=self.max_rows,
-            lower=self._lower_fn(pl_module, stage),
+            lower=lower,
         )
         losses = dedupe(gather_losses(pl_module, losses))
         if not trainer.is_global_zero:
             return None
-        metadata = self._metadata(trainer, pl_module, stage)
-        curve = curve_from_losses(losses, sampling=sampling, class_names=trainer_answer_classes(trainer), **metadata)
+        metadata = self._metadata(trainer, target.describe(), spec, stage)
+        curve = curve_from_losses(losses, sampling=sampling, class_names=list(spec.answer_classes), **metadata)
         fits = fit_curve(curve)
         paths = write_report(curve, out_dir, self.max_utility_drop, self.signs, fits)
         paths = {"dir": out_dir, **paths}
@@ -292,30 +311,24 @@ class TradeoffCurveCallback(Callback):
             return Path(self.output_dir)
         return Path(trainer.log_dir or trainer.default_root_dir) / "tradeoff"
 
-    def _lower_fn(self, pl_module: L.LightningModule, stage: Stage) -> Any:
-        """The module's content-keyed lower-state cache (``lower_states_fn``), shared by every split."""
-        lower_states_fn = getattr(pl_module, "lower_states_fn", None)
-        if not self.use_lower_cache or lower_states_fn is None:
-            return None
-        return lower_states_fn()
-
-    def _metadata(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> dict[str, Any]:
-        layers = list(getattr(pl_module, "control_layers", []) or [])
-        hparams = getattr(pl_module, "hparams", {})
+    @staticmethod
+    def _metadata(trainer: L.Trainer, run: RunDescription, spec: SweepSpec, stage: Stage) -> dict[str, Any]:
+        """The curve's metadata: the module's description, where the sweep ran, and the steered tokens."""
+        layers = list(run.layers)
         extra: dict[str, Any] = {
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,
-            "positions": getattr(pl_module, "positions", "all"),
+            "positions": spec.positions,
             "processes": max(trainer.world_size, 1),
         }
         if len(layers) > 1:
             extra["layers"] = layers
         return {
             "split": "validation" if stage == "val" else "test",
-            "form": str(getattr(pl_module, "form", "")),
-            "objective": str(getattr(pl_module, "objective_name", "")),
+            "form": run.form,
+            "objective": run.objective,
             "layer": layers[0] if len(layers) == 1 else None,
-            "model": str(hparams.get("backbone", "")),
+            "model": run.model,
             "extra": extra,
         }
 

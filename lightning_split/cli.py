@@ -36,9 +36,10 @@ from lightning.pytorch.loggers import WandbLogger
 
 from .artifacts import CONTROL_DIRNAME, WEIGHTS_FILE, ControlFileError
 from .backbone import BackboneLoadError
-from .callbacks import JsonlPredictionWriter, StopOnSigterm, TradeoffCurveCallback
+from .callbacks import StopOnSigterm, TradeoffCurveCallback
 from .cli_checkpoint import CheckpointError, check_checkpoint, import_class, resolve_checkpoint
 from .cli_help import HelpFormatter, cli_description
+from .contracts import HasOutputs
 from .data.datamodule import PolarityDataModule
 from .data.pairs import BadRowError, DataFileError
 from .errors import OptionError
@@ -201,12 +202,9 @@ class SteeringCLI(LightningCLI):
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "")
         if self.subcommand == "fit" and checkpoint:
             lines.append(f"  last checkpoint: {checkpoint}")
-        for callback in trainer.callbacks:
-            if isinstance(callback, TradeoffCurveCallback) and callback.last_report:
-                lines.append("  trade-off report:")
-                lines += [f"    {name}: {path}" for name, path in callback.last_report.items()]
-            if isinstance(callback, JsonlPredictionWriter) and callback.path is not None:
-                lines.append(f"  predictions: {callback.path}")
+        for callback in trainer.callbacks:  # any callback that lists its files (lightning_split.contracts.HasOutputs)
+            if isinstance(callback, HasOutputs):
+                lines += [f"  {name}: {path}" for name, path in callback.outputs().items()]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 wandb_dir = Path(logger.experiment.dir).parent

@@ -117,7 +117,15 @@ def model_device(scorer: PairScorer) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _check_grid(multipliers: Sequence[float]) -> list[float]:
+def check_grid(multipliers: Sequence[float], need_zero: bool = True) -> list[float]:
+    """The grid as floats, checked: not empty, no duplicates, finite, and (``need_zero``) containing 0.
+
+    The one grid check of the package: the sweeps and the trade-off callback all call it. Curves are read
+    against the unsteered model, so every grid a curve is made from must contain ``m = 0``.
+
+    Raises:
+        ValueError: naming the rule the grid breaks and the grid.
+    """
     grid = [float(m) for m in multipliers]
     if not grid:
         raise ValueError("the multiplier grid is empty")
@@ -125,13 +133,9 @@ def _check_grid(multipliers: Sequence[float]) -> list[float]:
         raise ValueError(f"duplicate multipliers in {grid}")
     if not all(math.isfinite(m) for m in grid):
         raise ValueError(f"multipliers must be finite, got {grid}")
+    if need_zero and 0.0 not in grid:
+        raise ValueError(f"the multiplier grid must contain 0 (the unsteered model): {grid}")
     return grid
-
-
-def _check_has_zero(multipliers: Sequence[float]) -> None:
-    """Curves are read against the unsteered model: the grid must contain m = 0."""
-    if 0.0 not in [float(m) for m in multipliers]:
-        raise ValueError(f"the multiplier grid must contain 0 (the unsteered model): {list(multipliers)}")
 
 
 def _losses(lp: PairLogProbs, reduction: Reduction) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,7 +231,7 @@ def sweep_losses(
     Returns:
         The per-pair losses, in the order of the grid and of the pairs.
     """
-    grid = _check_grid(multipliers)
+    grid = check_grid(multipliers, need_zero=False)
     check_reduction(reduction)
     if chunk_multipliers is not None and chunk_multipliers < 1:
         raise ValueError(f"chunk_multipliers must be >= 1, got {chunk_multipliers}")
@@ -273,7 +277,7 @@ def plain_sweep_losses(
         scorer: supplies the model, its layout and the pad id (its engine is not used).
         control, batches, multipliers, positions, reduction, progress, device: as in :func:`sweep_losses`.
     """
-    grid = _check_grid(multipliers)
+    grid = check_grid(multipliers, need_zero=False)
     check_reduction(reduction)
 
     def batch_losses(batch: PairBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,7 +353,7 @@ def curve_from_losses(losses: SweepLosses, eps: float = DEFAULT_EPS, **metadata:
             ``model``, ``extra``, ``class_names``, ``sampling``); ``reduction`` comes from ``losses``.
     """
     grid = losses.multipliers
-    _check_has_zero(grid)
+    check_grid(grid)
     prefs, utils, clamped, clamps, accuracy = [], [], [], [], []
     for row in range(len(grid)):
         l_pos, l_neg = losses.l_pos[row], losses.l_neg[row]
@@ -416,7 +420,7 @@ def sweep(
         ...               [-2, -1, 0, 1, 2], positions=module.positions, reduction="mean")
         >>> curve.preference, curve.utility
     """
-    _check_has_zero(multipliers)
+    check_grid(multipliers)
     losses = sweep_losses(
         scorer,
         control,
@@ -446,7 +450,7 @@ def plain_sweep(
     **metadata: Any,
 ) -> TradeoffCurve:
     """:func:`sweep` the plain way (reference): a full forward per completion and multiplier, full logits."""
-    _check_has_zero(multipliers)
+    check_grid(multipliers)
     losses = plain_sweep_losses(scorer, control, batches, multipliers, positions, reduction, progress, device)
     return curve_from_losses(losses, eps, **metadata)
 
@@ -455,6 +459,7 @@ __all__ = [
     "DEFAULT_MAX_ROWS",
     "LowerFn",
     "SweepLosses",
+    "check_grid",
     "curve_from_losses",
     "default_chunk",
     "plain_sweep",

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..artifacts import CONTROL_DIRNAME, control_metadata, save_control
 from ..backbone import AttnImplementation, Dtype, Quantization, load_backbone
+from ..contracts import RunDescription, SweepSpec
 from ..data.answers import class_label, trainer_answer_classes
 from ..data.batch import PairBatch, repeat_batch
 from ..engine import PairLogProbs, PairScorer
@@ -314,6 +315,33 @@ class SteeringModule(L.LightningModule):
         scorer = self.scorer
         assert scorer is not None, "the backbone is not loaded: call configure_model() first"
         return lambda batch, packed, start: self._lower_cache.states(scorer.model, packed, start, scorer.lower_states)
+
+    def sweep_spec(self) -> SweepSpec:
+        """What a multiplier sweep of the control runs on (:class:`~lightning_split.contracts.SweepTarget`).
+
+        The lower-state provider is :meth:`lower_states_fn`'s cache, so a sweep reuses the states of the
+        validation and test steps; the answer classes are those of the trainer's data module.
+        """
+        if self.scorer is None or self.control is None:
+            raise RuntimeError("the backbone is not loaded: call configure_model() (Trainer runs call it) first")
+        return SweepSpec(
+            scorer=self.scorer,
+            control=self.control,
+            positions=self.positions,
+            reduction=self.hparams.nll_reduction,
+            training_multipliers=tuple(self.multipliers),
+            answer_classes=tuple(trainer_answer_classes(self._trainer)),
+            lower=self.lower_states_fn(),
+        )
+
+    def describe(self) -> RunDescription:
+        """Backbone, form, objective and steered blocks, as reports record them (``SweepTarget``)."""
+        return RunDescription(
+            model=str(self.hparams.backbone),
+            form=self.form,
+            objective=self.objective_name,
+            layers=tuple(self.control_layers),
+        )
 
     def reference(self, batch: PairBatch, like: PairLogProbs) -> PairLogProbs:
         """Unsteered log-probabilities of ``batch`` (computed once per distinct pair, then cached)."""

@@ -37,7 +37,8 @@ from lightning_split.analysis import CurveFit, TradeoffCurve, best_multiplier, f
 from lightning_split.contracts import RunDescription, SweepSpec, require_sweep_target
 from lightning_split.data.answers import NO_CLASS, balanced_subset
 from lightning_split.data.batch import PairBatch
-from lightning_split.sweep import DEFAULT_MAX_ROWS, LowerFn, SweepLosses, check_grid, curve_from_losses, sweep_losses
+from lightning_split.grid import check_grid
+from lightning_split.sweep import DEFAULT_MAX_ROWS, LowerFn, SweepLosses, curve_from_losses, sweep_losses
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class TradeoffCurveCallback(Callback):
     """Sweeps the control's multiplier on validation and test pairs and reports the trade-off curve.
 
     Args:
-        multipliers: the sweep grid; must contain 0 (:func:`~lightning_split.sweep.check_grid`). ``None``: 21
+        multipliers: the sweep grid; must contain 0 (:func:`~lightning_split.grid.check_grid`). ``None``: 21
             points from ``-s`` to ``s`` with ``s`` the largest multiplier of the module's training grid
             (``sweep_spec().training_multipliers``), e.g.
             ``-2, -1.8, …, 2`` for the default grid ``{0.2, …, 2.0}``.

@@ -22,7 +22,6 @@ was clamped, and the anti-steerable fraction against ``m = 0``.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -37,6 +36,7 @@ from .analysis.curve import TradeoffCurve
 from .data.answers import NO_CLASS
 from .data.batch import PairBatch
 from .engine import PairLogProbs, PairScorer, plain_pair_logprobs
+from .grid import check_grid
 from .interventions.base import Intervention
 from .metrics.functional import (
     DEFAULT_EPS,
@@ -115,27 +115,6 @@ def model_device(scorer: PairScorer) -> torch.device:
     """The device of the scorer's model (its first parameter, else the CPU)."""
     param = next(scorer.model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def check_grid(multipliers: Sequence[float], need_zero: bool = True) -> list[float]:
-    """The grid as floats, checked: not empty, no duplicates, finite, and (``need_zero``) containing 0.
-
-    The one grid check of the package: the sweeps and the trade-off callback all call it. Curves are read
-    against the unsteered model, so every grid a curve is made from must contain ``m = 0``.
-
-    Raises:
-        ValueError: naming the rule the grid breaks and the grid.
-    """
-    grid = [float(m) for m in multipliers]
-    if not grid:
-        raise ValueError("the multiplier grid is empty")
-    if len(set(grid)) != len(grid):
-        raise ValueError(f"duplicate multipliers in {grid}")
-    if not all(math.isfinite(m) for m in grid):
-        raise ValueError(f"multipliers must be finite, got {grid}")
-    if need_zero and 0.0 not in grid:
-        raise ValueError(f"the multiplier grid must contain 0 (the unsteered model): {grid}")
-    return grid
 
 
 def _losses(lp: PairLogProbs, reduction: Reduction) -> tuple[torch.Tensor, torch.Tensor]:
@@ -459,7 +438,6 @@ __all__ = [
     "DEFAULT_MAX_ROWS",
     "LowerFn",
     "SweepLosses",
-    "check_grid",
     "curve_from_losses",
     "default_chunk",
     "plain_sweep",

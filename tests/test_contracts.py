@@ -12,8 +12,9 @@ from lightning_split.callbacks import JsonlPredictionWriter, TradeoffCurveCallba
 
 from lightning_split import SteeringModule
 from lightning_split.contracts import HasOutputs, RunDescription, SweepSpec, SweepTarget
+from lightning_split.grid import check_grid
 from lightning_split.interventions import VectorOptions
-from lightning_split.sweep import check_grid, sweep
+from lightning_split.sweep import sweep
 
 REFUSAL = (
     "TradeoffCurveCallback needs a module that satisfies lightning_split.contracts.SweepTarget, but BoringModel has "

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..data.answers import class_label
+from ..grid import check_grid
 from ..metrics.functional import DEFAULT_REDUCTION, Reduction, check_reduction, class_means
 
 COLUMNS: tuple[str, ...] = (  # per-class columns follow when answers form classes: TradeoffCurve.columns
@@ -97,10 +98,7 @@ class TradeoffCurve:
             values = getattr(self, name)
             if values is not None and len(values) != n:
                 raise ValueError(f"{name} has {len(values)} values for {n} multipliers")
-        if len(set(self.multipliers)) != n:
-            raise ValueError(f"duplicate multipliers in {self.multipliers}")
-        if 0.0 not in self.multipliers:
-            raise ValueError("the multiplier grid must contain 0 (the unsteered model)")
+        check_grid(self.multipliers)
         order = sorted(range(n), key=lambda i: self.multipliers[i])
         self.multipliers = [float(self.multipliers[i]) for i in order]
         self.preference = [float(self.preference[i]) for i in order]
@@ -158,8 +156,7 @@ class TradeoffCurve:
             raise ValueError(
                 f"preference {pref.shape} and utility {util.shape} must both be [{len(multipliers)}, n_pairs]"
             )
-        if 0.0 not in multipliers:
-            raise ValueError("the multiplier grid must contain 0 (the unsteered model)")
+        check_grid(multipliers)
         base = pref[list(multipliers).index(0.0)]
         anti: list[float | None] = []
         for m, row in zip(multipliers, pref):

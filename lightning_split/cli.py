@@ -1,7 +1,7 @@
 """``lightning-split fit|validate|test|predict``: the LightningCLI over the method family and the pair data.
 
 Any :class:`~lightning_split.models.SteeringModule` subclass is chosen by ``model.class_path`` (for example
-``lightning_split.SplitSteering``); the data module is :class:`~lightning_split.data.PolarityDataModule`.
+``lightning_split.SteeringModule``); the data module is :class:`~lightning_split.data.PolarityDataModule`.
 On top of LightningCLI:
 
 - ``--test_after_fit`` (or ``--test_after_fit true``) runs ``test`` on the fitted control in the same process

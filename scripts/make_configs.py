@@ -294,7 +294,19 @@ def render(path: str, title: str, config: dict) -> str:
         header = GPU_HEADER.format(title=title, path=f"configs/{path}", memory=GPU_RUNS[path]["memory"])
     else:
         header = HEADER.format(title=title, path=f"configs/{path}")
-    return header + yaml.safe_dump(config, sort_keys=False)
+    return header + yaml.dump(config, Dumper=_ConfigDumper, sort_keys=False, width=120)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Writes lists of numbers on one line (``multipliers: [-2.0, -1.75, ...]``); everything else as block YAML."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = bool(data) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ConfigDumper.add_representer(list, _represent_list)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from lightning_split.objectives.dpo import DPO
 from lightning_split.objectives.reps import RePS
 from lightning_split.objectives.sft import SFT
 from lightning_split.objectives.split import SPLIT
+from tests.conftest import count_calls
 from tests.pair_batches import random_pair_batch
 from tests.tiny_models import make_tiny_model
 
@@ -172,18 +173,6 @@ def _module(cls: type, backbone_dir: Path, **kwargs: Any) -> Any:
     return module
 
 
-def _count_calls(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[int]:
-    calls = [0]
-    original = getattr(obj, name)
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(obj, name, counted)
-    return calls
-
-
 @pytest.mark.parametrize("lambda_ref", [0.0, 0.7])
 def test_split_module_step_matches_plain_passes(
     lambda_ref: float, tiny_backbone_dir: Path, monkeypatch: pytest.MonkeyPatch
@@ -191,8 +180,8 @@ def test_split_module_step_matches_plain_passes(
     objective = SPLIT(lambda_n=0.4, gamma=6.0, theta=0.5, lambda_ref=lambda_ref)
     module = _module(SteeringModule, tiny_backbone_dir, form=LoRAOptions(), objective=objective)
     batch = random_pair_batch(rows=3, seed=11)
-    reference_calls = _count_calls(monkeypatch, module, "reference")
-    cache_calls = _count_calls(monkeypatch, module._reference_cache, "logprobs")
+    reference_calls = count_calls(monkeypatch, module, "reference")
+    cache_calls = count_calls(monkeypatch, module._reference_cache, "logprobs")
     forwards = [0]
     handle = module.layout.decoder.register_forward_pre_hook(lambda *a: forwards.__setitem__(0, forwards[0] + 1))
     try:

@@ -22,6 +22,7 @@ from lightning_split.engine import PairLogProbs, plain_pair_logprobs
 from lightning_split.interventions import VectorOptions
 from lightning_split.models.pair_cache import LowerStateCache, ReferenceCache, row_digests
 from lightning_split.packing import PackedPairs, pack_pairs
+from tests.conftest import count_calls
 from tests.pair_batches import random_pair_batch
 from tests.tiny_models import make_tiny_model
 
@@ -87,18 +88,6 @@ def test_testing_dataset_b_after_a_gives_b_numbers(
     assert len(module._lower_cache) == len(lengths_a), "the caches hold only the pairs of the last run"
 
 
-def _counted(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[int]:
-    calls = [0]
-    original = getattr(obj, name)
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(obj, name, counted)
-    return calls
-
-
 def _with_prompt_token(batch: PairBatch, row: int, token: int) -> PairBatch:
     prompt_ids = batch.prompt_ids.clone()
     prompt_ids[row, 0] = token
@@ -113,7 +102,7 @@ def _assert_equal(a: PairLogProbs, b: PairLogProbs) -> None:
 def test_module_recomputes_a_changed_pair_and_reuses_an_identical_one(tiny_backbone_dir, monkeypatch) -> None:
     module = _module(tiny_backbone_dir)
     module.configure_model()
-    lower_calls = _counted(monkeypatch, module.scorer, "lower_states")
+    lower_calls = count_calls(monkeypatch, module.scorer, "lower_states")
     m = torch.full((3,), 1.5)
     a = random_pair_batch(rows=3, seed=1)
     b = _with_prompt_token(a, row=1, token=int(a.prompt_ids[1, 0]) + 1)  # same indices, one token different
@@ -183,7 +172,7 @@ def test_tradeoff_sweep_takes_lower_states_from_the_test_steps(
 ) -> None:
     module = _module(tiny_backbone_dir)
     module.configure_model()
-    lower_calls = _counted(monkeypatch, module.scorer, "lower_states")
+    lower_calls = count_calls(monkeypatch, module.scorer, "lower_states")
     callback = TradeoffCurveCallback(multipliers=[-1.0, 0.0, 1.0], output_dir=str(tmp_path / "curves"))
     _test(module, sentiment_like_jsonl, tmp_path, [callback])
     assert lower_calls == [3], "5 test pairs in batches of 2: three lower passes, none in the sweep"

@@ -63,6 +63,14 @@ def _flat(x: Tensor | None) -> Tensor | None:
     return None if x is None else x.reshape(-1)
 
 
+def _pair_losses(
+    logp_pos: Tensor, logp_neg: Tensor, len_pos: Tensor | None, len_neg: Tensor | None, reduction: Reduction
+) -> tuple[Tensor, Tensor]:
+    """The float64 ``L_p`` and ``L_n`` of a batch of pairs (on ``L_p``'s device), the input of every metric."""
+    l_pos = pair_nll(_flat(logp_pos), _flat(len_pos), reduction)
+    return l_pos, pair_nll(_flat(logp_neg), _flat(len_neg), reduction).to(l_pos.device)
+
+
 def _cat(state: list[Tensor] | Tensor, dtype: torch.dtype) -> Tensor:
     """Concatenates a list state (or the tensor a sync left behind) into one 1-D tensor of ``dtype``."""
     if isinstance(state, list):
@@ -145,9 +153,7 @@ class PairMetric(Float64Metric):
                 so that per-pair values from different passes or ranks can be aligned. Give them in every
                 update or in none.
         """
-        l_pos = pair_nll(_flat(logp_pos), _flat(len_pos), self.reduction)
-        l_neg = pair_nll(_flat(logp_neg), _flat(len_neg), self.reduction)
-        values = self._pair_values(l_pos, l_neg.to(l_pos.device))
+        values = self._pair_values(*_pair_losses(logp_pos, logp_neg, len_pos, len_neg, self.reduction))
         self.value_sum += values.sum().to(self.value_sum.device)
         self.pair_total += values.numel()
         if self.keep_per_pair:
@@ -416,8 +422,7 @@ class AnswerClassSplit(Float64Metric):
             raise ValueError("AnswerClassSplit needs each pair's answer_class (PairBatch.answer_class)")
         if bool((answer_class >= self.n_classes).any()):
             raise ValueError(f"answer_class ids must be < n_classes = {self.n_classes}")
-        l_pos = pair_nll(_flat(logp_pos), _flat(len_pos), self.reduction)
-        l_neg = pair_nll(_flat(logp_neg), _flat(len_neg), self.reduction).to(l_pos.device)
+        l_pos, l_neg = _pair_losses(logp_pos, logp_neg, len_pos, len_neg, self.reduction)
         sums, counts = class_means(CLASS_VALUES[self.value](l_pos, l_neg), answer_class, self.n_classes)
         self.class_sum += sums.to(self.class_sum.device)
         self.class_count += counts.to(self.class_count.device)

@@ -285,7 +285,7 @@ class TradeoffCurveCallback(Callback):
         losses = sweep_losses(
             spec.scorer,
             spec.control,
-            batches,
+            list(batches),  # token ids only (small); a list has a length, so the progress shows totals and time left
             self.grid(spec),
             positions=spec.positions,
             reduction=spec.reduction,

@@ -1,5 +1,8 @@
 """``lightning-split fit|validate|test|predict``: the LightningCLI over the method family and the pair data.
 
+The other subcommands (``lightning-split export``, …) are modules of :mod:`lightning_split.commands`;
+:func:`main` hands them their arguments.
+
 Any :class:`~lightning_split.models.SteeringModule` subclass is chosen by ``model.class_path`` (for example
 ``lightning_split.SteeringModule``); the data module is :class:`~lightning_split.data.PolarityDataModule`.
 On top of LightningCLI:
@@ -39,6 +42,7 @@ from .backbone import BackboneLoadError
 from .callbacks import StopOnSigterm, TradeoffCurveCallback
 from .cli_checkpoint import CheckpointError, check_checkpoint, import_class, resolve_checkpoint
 from .cli_help import HelpFormatter, cli_description
+from .commands import command_names, commands
 from .contracts import HasOutputs
 from .data.datamodule import PolarityDataModule
 from .data.pairs import BadRowError, DataFileError
@@ -245,7 +249,11 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     inherited_stamp = STAMP_ENV in os.environ
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv and argv[0] in command_names():
+            commands()[argv[0]].main(argv[1:])
+            return
         SteeringCLI(
             SteeringModule,
             PolarityDataModule,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jsonargparse import DefaultHelpFormatter
 
+from .commands import commands
 from .data.registry import DATASETS
 from .interventions import FORM_REGISTRY
 from .objectives import OBJECTIVE_REGISTRY
@@ -53,6 +54,9 @@ def cli_description(configs_dir: Path = CONFIGS_DIR) -> str:
         "Forms (model.init_args.form: {class_path: lightning_split.interventions.<options>}):\n" + _entries(forms),
         "Datasets (data.dataset):\n" + _entries(datasets),
     ]
+    others = [(name, command.help) for name, command in commands().items()]
+    if others:
+        parts.append("Other commands (lightning-split <command> --help for each):\n" + _entries(others))
     configs = sorted(configs_dir.rglob("*.yaml")) if configs_dir.is_dir() else []
     if configs:
         folders = sorted({str(p.parent) for p in configs})

@@ -1,8 +1,9 @@
 """Named datasets and where their files are.
 
 ``psychopathy``, ``power-seeking``, ``axbench`` (Concept10) and ``axbench-concept500`` are public datasets a
-user downloads into a data directory (this repository never ships them); ``sentiment`` is the small default dataset shipped inside the package. A user
-may also name a file instead of a dataset, or give one file per split (:func:`resolve_split_files`).
+user downloads into a data directory (this repository never ships them); ``sentiment`` is the small default dataset
+shipped inside the package. A user may also name a file instead of a dataset (an AxBench ``train_data.parquet``
+is recognised by its columns), or give one file per split (:func:`resolve_split_files`).
 
 The data directory is, in order: the explicit argument, the environment variable
 ``LIGHTNING_SPLIT_DATA_DIR``, or ``../shared/data`` relative to the current working directory if it exists.

@@ -142,26 +142,26 @@ def _health(url: str) -> dict[str, Any]:
 def test_concurrent_requests_of_one_control_share_a_batch_and_other_controls_wait(start, controls) -> None:
     url = start(max_batch_size=2, batch_wait_s=3.0)
     client = _client(url)
-    asks = [(PROMPTS[0], "up", 6.0), (PROMPTS[1], "up", -6.0), (PROMPTS[1], "down", 6.0)]
+    # (prompt, control, m, max_tokens): the first row ends after 3 tokens while its batch goes on to NEW
+    asks = [(PROMPTS[0], "up", 6.0, 3), (PROMPTS[1], "up", -6.0, NEW), (PROMPTS[1], "down", 6.0, NEW)]
     with ThreadPoolExecutor(3) as pool:
         futures = []
-        for prompt, name, m in asks:
-            futures.append(pool.submit(_chat, client, prompt, control=name, multiplier=m))
+        for prompt, name, m, new in asks:
+            futures.append(pool.submit(_chat, client, prompt, control=name, multiplier=m, max_tokens=new))
             time.sleep(0.2)  # arrival order: both "up" requests first
         texts = [f.result().choices[0].message.content for f in futures]
-    assert texts == [_expected(controls[name], prompt, [m])[0] for prompt, name, m in asks]
+    assert texts == [_expected(controls[name], prompt, [m], new)[0] for prompt, name, m, new in asks]
     health = _health(url)
     assert (health["batches"], health["completions"]) == (2, 3)  # [up 6, up -6] full at 2, then [down 6]
 
 
-def _stream(url: str, body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The decoded chunks and the raw ``data:`` lines of a streamed completion."""
-    lines = []
+def _stream(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The decoded chunks of a streamed completion (checked to be ``data:`` lines ending with ``data: [DONE]``)."""
     with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
-    return [json.loads(line[len("data: ") :]) for line in lines[:-1]], lines
+    return [json.loads(line[len("data: ") :]) for line in lines[:-1]]
 
 
 def test_streamed_pieces_add_up_to_the_plain_reply_also_with_stop_strings(start) -> None:
@@ -182,7 +182,7 @@ def test_streamed_pieces_add_up_to_the_plain_reply_also_with_stop_strings(start)
         plain = _chat(client, PROMPTS[1], control="up", multiplier=m, max_tokens=24, **extra).choices[0]
         assert (plain.message.content, plain.finish_reason) == (want, reason)
         body = {"model": "tiny", "messages": messages, "control": "up", "multiplier": m, "max_tokens": 24}
-        chunks, _ = _stream(url, {**body, **extra, "stream_options": {"include_usage": True}})
+        chunks = _stream(url, {**body, **extra, "stream_options": {"include_usage": True}})
         assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
         assert "".join(pieces) == want and len([p for p in pieces if p]) > 1
@@ -319,9 +319,15 @@ def test_controls_of_different_backbones_are_refused_before_loading(controls, tm
         load_served({"up": controls["up"], "other": other})
 
 
-def _fake_reply(stop: list[str], max_tokens: int) -> Reply:
-    """A reply whose tokens are characters (``ord``); token 0 ends the turn."""
-    return Reply(lambda tokens: "".join(chr(t) for t in tokens), [0], stop, max_tokens)
+def _fake_reply(stop: list[str], max_tokens: int, stream: bool = True) -> tuple[Reply, list[int]]:
+    """A reply whose tokens are characters (``ord``), token 0 ending the turn, and its count of decode calls."""
+    calls = [0]
+
+    def decode(tokens: list[int]) -> str:
+        calls[0] += 1
+        return "".join(chr(t) for t in tokens)
+
+    return Reply(decode, [0], stop, max_tokens, stream), calls
 
 
 @pytest.mark.parametrize(
@@ -334,14 +340,18 @@ def _fake_reply(stop: list[str], max_tokens: int) -> Reply:
     ],
 )
 def test_reply_streams_only_text_that_cannot_change(text: str, stop, max_tokens: int, pieces, final, reason) -> None:
-    reply = _fake_reply(stop, max_tokens)
-    got = []
-    for token in [*map(ord, text), 0]:  # 0 ends the turn
-        if not reply.finished:
-            got.append(reply.add(token))
-    assert got == pieces and "".join(got) == final
-    assert (reply.text, reply.finish_reason) == (final, reason)
-    assert reply.steps == len(pieces)
+    for stream in (True, False):  # not streamed: the same text, decoded once unless stop strings are watched
+        reply, decodes = _fake_reply(stop, max_tokens, stream)
+        got = []
+        for token in [*map(ord, text), 0]:  # 0 ends the turn
+            if not reply.finished:
+                got.append(reply.add(token))
+        assert "".join(got) == final and (reply.text, reply.finish_reason) == (final, reason)
+        assert reply.steps == len(pieces)
+        if reply.live:  # streamed, or watched for stop strings
+            assert got == pieces
+        else:
+            assert got[-1] == final and decodes[0] == 1
 
 
 @pytest.mark.slow  # loads SmolLM2 in a `lightning-split serve` process (20-60 s on a busy CPU)

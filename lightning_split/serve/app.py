@@ -118,7 +118,7 @@ class ChatEndpoint:
             raise ApiError(400, f"the prompt's {len(prompt)} tokens plus max_tokens {max_tokens} exceed the "
                            f"backbone's context of {served.context} tokens; shorten the messages or lower max_tokens",
                            "max_tokens", "context_length_exceeded")  # fmt: skip
-        reply = Reply(served.decode, served.stop_ids, request.stop_strings(), max_tokens)
+        reply = Reply(served.decode, served.stop_ids, request.stop_strings(), max_tokens, request.stream)
         temperature = settings.temperature if request.temperature is None else request.temperature
         return Job(
             served.controls[name], float(m), prompt, reply, temperature, request.seed, asyncio.get_running_loop()

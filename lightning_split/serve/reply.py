@@ -19,15 +19,23 @@ class Reply:
         stop_ids: token ids that end the turn (not part of the text).
         stop_strings: strings that end the reply (OpenAI's ``stop``; cut off, not part of the text).
         max_tokens: most tokens the reply may have.
+        stream: whether pieces are streamed; a reply neither streamed nor watched for stop strings is decoded
+            once, when it ends.
     """
 
     def __init__(
-        self, decode: Callable[[list[int]], str], stop_ids: Sequence[int], stop_strings: Sequence[str], max_tokens: int
+        self,
+        decode: Callable[[list[int]], str],
+        stop_ids: Sequence[int],
+        stop_strings: Sequence[str],
+        max_tokens: int,
+        stream: bool,
     ) -> None:
         self.decode = decode
         self.stop_ids = frozenset(stop_ids)
         self.stop_strings = list(stop_strings)
         self.max_tokens = max_tokens
+        self.live = stream or bool(self.stop_strings)
         self.tokens: list[int] = []
         self.text = ""
         self.steps = 0
@@ -50,20 +58,23 @@ class Reply:
         if token in self.stop_ids:
             return self.finish("stop")
         self.tokens.append(token)
-        self.text = self.decode(self.tokens)
-        cuts = [i for i in (self.text.find(s) for s in self.stop_strings) if i >= 0]
-        if cuts:
-            self.text = self.text[: min(cuts)]
-            return self.finish("stop")
+        if self.live:
+            self.text = self.decode(self.tokens)
+            cuts = [i for i in (self.text.find(s) for s in self.stop_strings) if i >= 0]
+            if cuts:
+                self.text = self.text[: min(cuts)]
+                return self.finish("stop")
         if len(self.tokens) >= self.max_tokens:
             return self.finish("length")
-        return self._take(self._streamable_end())
+        return self._take(self._streamable_end()) if self.live else ""
 
     def finish(self, reason: str) -> str:
         """Ends the reply (``stop``: end of turn or a stop string; ``length``: ``max_tokens``); returns the rest."""
         if self.finished:
             return ""
         self.finish_reason = reason
+        if not self.live:
+            self.text = self.decode(self.tokens)
         return self._take(len(self.text))
 
     def _streamable_end(self) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .data.tokenize import PairTokenizer
 from .interventions.base import Intervention
@@ -87,6 +88,7 @@ def generate_steered(
     do_sample: bool = False,
     temperature: float = 1.0,
     seed: int | None = None,
+    stopping_criteria: Sequence[StoppingCriteria] = (),
 ) -> list[str]:
     """Generates a steered reply to each prompt, row ``i`` at multiplier ``multipliers[i]``, in one batch.
 
@@ -102,6 +104,8 @@ def generate_steered(
         do_sample: sample instead of greedy decoding.
         temperature: sampling temperature (used only with ``do_sample``).
         seed: seeds the sampling (torch's global RNG is restored afterwards); ``None`` leaves it alone.
+        stopping_criteria: extra criteria called after every decoding step with the ids so far (a ``[B]`` bool
+            result ends rows early, as for ``model.generate``); the end of turn and ``max_new_tokens`` always apply.
 
     Returns:
         The decoded replies, cut at the first end-of-turn token, special tokens removed.
@@ -135,6 +139,7 @@ def generate_steered(
             max_new_tokens=max_new_tokens,
             pad_token_id=pad_id,
             eos_token_id=stops or None,
+            stopping_criteria=StoppingCriteriaList(stopping_criteria),
             **sampling,
         )
     replies = out[:, ids.shape[1] :].tolist()

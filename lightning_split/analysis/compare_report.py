@@ -32,6 +32,14 @@ def table_rows(comparison: Comparison, at: str) -> tuple[list[str], list[list[st
     return header, rows
 
 
+def readout_table(comparison: Comparison, at: str) -> list[str]:
+    """The markdown lines of one read-out table (:func:`table_rows`) and the method with the highest gain."""
+    header, rows = table_rows(comparison, at)
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, "", f"Highest {GAIN}: **{comparison.winner(at)}**."]
+
+
 def to_markdown(comparison: Comparison, frontier: str | None = FRONTIER_FILE) -> str:
     """The comparison as markdown: setup, the two read-out tables, the rules, notes and the frontier."""
     budget = f"{comparison.budget:g}"
@@ -43,10 +51,7 @@ def to_markdown(comparison: Comparison, frontier: str | None = FRONTIER_FILE) ->
         f"Utility budget: {budget} log-odds. Compared multipliers: [{low:g}, {high:g}]. Unsteered (m = 0): {baseline}.",
     ]
     for at, heading in READOUTS.items():
-        header, rows = table_rows(comparison, at)
-        lines += ["", f"## {heading}", "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines += ["", f"Highest {GAIN}: **{comparison.winner(at)}**."]
+        lines += ["", f"## {heading}", "", *readout_table(comparison, at)]
     lines += [
         "",
         "## How to read it",

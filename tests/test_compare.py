@@ -210,3 +210,15 @@ def test_command_writes_outputs_and_refuses_bad_input(tmp_path: Path, capsys: py
     with pytest.raises(SystemExit):
         cli_main(["compare", str(a), str(b), "--labels", "one"])
     assert "--labels: 1 labels for 2 runs" in capsys.readouterr().err
+
+
+def test_wandb_logs_offline_into_the_output_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    a = run_folder(tmp_path, "a", curve(0.5, 0.5))
+    cli_main(["compare", str(a), "--out", str(tmp_path / "cmp"), "--wandb"])
+    (offline,) = (tmp_path / "cmp" / "wandb").glob("offline-run-*")
+    assert f"W&B run: {offline}" in capsys.readouterr().out
+    assert list(offline.glob("*.wandb"))

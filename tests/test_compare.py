@@ -53,6 +53,7 @@ def run_folder(
     dataset: str = "psychopathy",
     seed: int = 42,
     data_seed: int = 42,
+    report_budget: float = 1.0,
 ) -> Path:
     """A run folder as ``fit --test_after_fit`` leaves it: ``config.yaml`` and ``tradeoff/test/curve.json``."""
     run = root / name
@@ -60,6 +61,7 @@ def run_folder(
     made.to_json(run / "tradeoff" / "test" / "curve.json")
     config = {
         "seed_everything": seed,
+        "tradeoff": {"max_utility_drop": report_budget},
         "model": {
             "class_path": "lightning_split.SteeringModule",
             "init_args": {"objective": {"class_path": objective_class}},
@@ -148,6 +150,12 @@ def test_different_grids_are_cut_to_the_common_range_with_a_note(tmp_path: Path)
     for method in result.methods:
         assert method.at_equal_cost["m"].mean == pytest.approx(2.0)
         assert method.at_equal_cost[GAIN].mean == pytest.approx(1.0)
+
+
+def test_a_report_selected_under_another_budget_is_noted(tmp_path: Path) -> None:
+    a = load_run(run_folder(tmp_path, "a", curve(0.5, 0.5), report_budget=2.0))
+    (note,) = compare([a], budget=1.0).notes
+    assert note.startswith(f"the reports of {a.source} selected their m under another utility budget")
 
 
 def test_seeds_on_different_grids_are_refused(tmp_path: Path) -> None:

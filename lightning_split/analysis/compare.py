@@ -59,6 +59,7 @@ class RunCurve:
             config.
         data: The data settings that decide which pairs the test split holds (dataset, files, seed, size).
         seed: ``seed_everything`` of the run's config.
+        report_budget: ``tradeoff.max_utility_drop`` of the run's config (its report's selection budget).
     """
 
     curve: TradeoffCurve
@@ -67,6 +68,7 @@ class RunCurve:
     dataset: str | None = None
     data: tuple[tuple[str, Any], ...] = ()
     seed: int | None = None
+    report_budget: float | None = None
 
 
 def find_curve(path: str | Path) -> Path:
@@ -111,6 +113,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunCurve:
     data = config.get("data") or {}
     dataset = data.get("dataset") or data.get("test_file") or data.get("train_file")
     seed = config.get("seed_everything")
+    report_budget = (config.get("tradeoff") or {}).get("max_utility_drop")
     return RunCurve(
         curve=curve,
         source=source,
@@ -118,6 +121,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunCurve:
         dataset=None if dataset is None else str(dataset),
         data=tuple((key, data.get(key)) for key in _DATA_KEYS) if config else (),
         seed=None if seed is None or isinstance(seed, bool) else int(seed),
+        report_budget=None if report_budget is None else float(report_budget),
     )
 
 
@@ -446,6 +450,12 @@ def compare(runs: Sequence[RunCurve], budget: float = 1.0) -> Comparison:
         notes.append(
             f"the runs were swept on different grids; each is compared on its points in the common range "
             f"[{low:g}, {high:g}] (points outside it dropped); m* is interpolated between a run's own grid points"
+        )
+    other_budgets = sorted({str(r.source) for r in runs if r.report_budget not in (None, float(budget))})
+    if other_budgets:
+        notes.append(
+            f"the reports of {', '.join(other_budgets)} selected their m under another utility budget; here every "
+            f"method's m is selected under {budget:g}"
         )
     values = [run_values(r, restrict(r.curve, low, high), budget) for r in runs]
     by_label: dict[str, list[RunValues]] = {}

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -124,7 +125,8 @@ class Size:
         train_pairs: ``data.train_size``: training pairs (a seeded sample).
         epochs: ``trainer.max_epochs`` (DiffMean keeps its single pass).
         sweep_pairs: ``tradeoff.max_pairs``: test pairs swept (a seeded subset balanced by answer).
-        test_pairs: ``data.test_size``: test pairs evaluated (a seeded sample of the split).
+        test_pairs: ``data.test_size``: test pairs evaluated (a seeded sample of the split, balanced by answer).
+        multipliers: ``tradeoff.multipliers``: the sweep grid (must hold 0).
         validation: Whether validation (and its trade-off sweeps) runs during fit.
         seconds_per_cell: Measured wall time of one cell at this size, for ``--dry-run`` estimates.
         measured: Where ``seconds_per_cell`` comes from.
@@ -135,6 +137,7 @@ class Size:
     epochs: int | None = None
     sweep_pairs: int | None = None
     test_pairs: int | None = None
+    multipliers: tuple[float, ...] | None = None
     validation: bool = True
     seconds_per_cell: float | None = None
     measured: str = ""
@@ -150,6 +153,8 @@ class Size:
             args += ["--tradeoff.max_pairs", str(self.sweep_pairs)]
         if self.test_pairs is not None:
             args += ["--data.test_size", str(self.test_pairs)]
+        if self.multipliers is not None:
+            args += ["--tradeoff.multipliers", json.dumps(list(self.multipliers))]
         if not self.validation:
             args += ["--tradeoff.every_n_val_epochs", "0", "--trainer.limit_val_batches", "0"]
             args += ["--trainer.num_sanity_val_steps", "0"]
@@ -165,26 +170,34 @@ class Size:
         if self.sweep_pairs is not None:
             cut.append(f"sweeps of {self.sweep_pairs} test pairs, balanced by answer (configs: up to 100)")
         if self.test_pairs is not None:
-            cut.append(f"{self.test_pairs} test pairs (configs: the whole test split)")
+            cut.append(f"{self.test_pairs} test pairs (configs: the whole test split, 100 or 200)")
+        if self.multipliers is not None:
+            grid = ", ".join(f"{m:g}" for m in self.multipliers)
+            cut.append(f"sweeps over m = {grid} (configs: 20 points from -2 to 4; no curve fits with fewer than 18)")
         if not self.validation:
             cut.append("no validation or validation sweeps during fit (configs: every epoch)")
         return "; ".join(cut) if cut else "nothing: the shipped configs as they are"
 
 
+POSITIVE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
+"""The configs' sweep grid without its negative side (the comparison reads m >= 0 only)."""
+
 SIZES: dict[str, Size] = {
-    "full": Size("full", seconds_per_cell=340.0, measured="docs/results.md: 4 min 37 s to 5 min 58 s unloaded"),
+    "full": Size("full", seconds_per_cell=340.0, measured="docs/results.md: 4 min 37 s to 5 min 58 s, quiet machine"),
     "two-hours": Size(
         "two-hours",
-        train_pairs=100,
+        train_pairs=96,
         epochs=1,
-        sweep_pairs=40,
+        test_pairs=32,
+        multipliers=POSITIVE_GRID,
         validation=False,
-        seconds_per_cell=120.0,
-        measured="estimate, see the README of this script's report",
+        seconds_per_cell=125.0,
+        measured="from the README's demo times on a quiet machine: 96 training pairs, 1 epoch and 40 test pairs "
+        "about 56 s; 0.19 s per swept pair and multiplier",
     ),
 }
-TINY = Size("tiny", train_pairs=8, epochs=1, sweep_pairs=None, test_pairs=6, validation=False)
-"""The ``--reduced`` size: a few pairs, one epoch, no validation."""
+TINY = Size("tiny", train_pairs=8, epochs=1, test_pairs=6, multipliers=(0.0, 0.5, 1.0, 2.0), validation=False)
+"""The ``--reduced`` size: a few pairs, one epoch, four multipliers, no validation."""
 
 
 # ------------------------------------------------------------------------------------------------ one cell
@@ -421,7 +434,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=sorted(SIZES), default="two-hours", help="preset cell size (default two-hours)")
     p.add_argument("--train-pairs", type=int, help="override the size's training pairs")
     p.add_argument("--epochs", type=int, help="override the size's epochs")
-    p.add_argument("--sweep-pairs", type=int, help="override the size's swept test pairs")
+    p.add_argument("--sweep-pairs", type=int, help="override the size's swept test pairs (tradeoff.max_pairs)")
+    p.add_argument("--test-pairs", type=int, help="override the size's test pairs (data.test_size)")
     p.add_argument("--reduced", action="store_true", help="the two-cell CI grid (sentiment, SFT/SPLIT vector, tiny)")
     p.add_argument("--datasets", nargs="+", help="only these datasets")
     p.add_argument("--objectives", nargs="+", help="only these objectives (diffmean included)")
@@ -440,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_pairs=args.train_pairs or size.train_pairs,
         epochs=args.epochs or size.epochs,
         sweep_pairs=args.sweep_pairs or size.sweep_pairs,
+        test_pairs=args.test_pairs or size.test_pairs,
     )
     cells = [
         cell
@@ -457,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cell in cells:
             files = cell_configs(cell.dataset, cell.objective, cell.form)
             command = fit_command(cell, args.out / cell.folder, files, size.overrides(cell.objective))
-            print(f"  {cell.name}: lightning-split {' '.join(command[3:])}")
+            print(f"  {cell.name}: lightning-split {shlex.join(command[3:])}")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     status = run_grid(cells, size, args.out)

@@ -157,7 +157,7 @@ def test_progress_estimates_time_left_from_alike_cells() -> None:
 def test_size_options_and_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
     size = run_grid.SIZES["two-hours"]
     assert "--trainer.max_epochs" not in size.overrides("diffmean")
-    assert size.overrides("split")[:4] == ["--data.train_size", "100", "--trainer.max_epochs", "1"]
+    assert size.overrides("split")[:4] == ["--data.train_size", "96", "--trainer.max_epochs", "1"]
     assert run_grid.main(["--dry-run", "--datasets", "psychopathy", "--forms", "vector", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "2 epoch(s)" in out and "psychopathy split-vector seed 44" in out

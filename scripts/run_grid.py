@@ -183,7 +183,12 @@ POSITIVE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
 """The configs' sweep grid without its negative side (the comparison reads m >= 0 only)."""
 
 SIZES: dict[str, Size] = {
-    "full": Size("full", seconds_per_cell=340.0, measured="docs/results.md: 4 min 37 s to 5 min 58 s, quiet machine"),
+    "full": Size(
+        "full",
+        seconds_per_cell=900.0,
+        measured="docs/results.md: 4 min 37 s to 5 min 58 s on a quiet machine with 7-point sweeps of 40 pairs, plus "
+        "0.19 s per pair and multiplier for the 20-point sweeps of 100 test and 50 validation pairs now",
+    ),
     "two-hours": Size(
         "two-hours",
         train_pairs=96,

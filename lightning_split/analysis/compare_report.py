@@ -21,7 +21,7 @@ READOUTS = {
 def table_rows(comparison: Comparison, at: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one read-out table (``at``: ``"equal_cost"`` or ``"chosen"``), cells as text."""
     columns = ["m", COST, GAIN, *comparison.metrics]
-    header = ["method", "runs", *columns]
+    header = ["method", "runs", *(c.replace("_", " ") for c in columns)]
     rows = []
     for method in comparison.methods:
         values = method.at_equal_cost if at == "equal_cost" else method.at_chosen

@@ -130,10 +130,11 @@ def method_label(curve: TradeoffCurve, config: dict[str, Any]) -> str:
     ``DiffMeanSteering``), else the curve's objective, and the curve's form."""
     model = config.get("model") or {}
     objective = ((model.get("init_args") or {}).get("objective") or {}).get("class_path")
+    model_class = str(model.get("class_path") or "").rsplit(".", 1)[-1]
     if objective:
         name = str(objective).rsplit(".", 1)[-1]
-    elif model.get("class_path") and str(model["class_path"]).endswith("Steering") and "." in model["class_path"]:
-        name = str(model["class_path"]).rsplit(".", 1)[-1].removesuffix("Steering") or curve.objective
+    elif model_class.endswith("Steering") and model_class != "Steering":
+        name = model_class.removesuffix("Steering")
     else:
         name = curve.objective or "?"
     return f"{name} · {curve.form}" if curve.form else name

@@ -1,0 +1,490 @@
+"""Runs the paper's comparison grid on SmolLM2-135M and compares the methods at equal utility cost.
+
+Cells: objectives SFT, RePS, SPLIT, DPO × forms vector, LoRA, local weight, ReFT, plus DiffMean (vector), on
+Psychopathy and PowerSeeking, each ``lightning-split fit --config <shipped config> --test_after_fit true`` with
+the cell's seed and folder (``<out>/<dataset>/<objective>-<form>/seed<seed>/``). The headline cells (vector and
+LoRA × SFT, RePS, SPLIT) run with three seeds, the others with the first. The seed is ``seed_everything`` (the
+control's initialisation and the order of the training pairs); the data seed is the configs' own, so every cell
+is tested on the same pairs.
+
+Resumable: a cell whose ``cell.json`` says it finished, with the same config files, seed and size, and whose test
+report and curve exist, is skipped; any other existing cell folder is removed and the cell run again. Progress
+lines give the time left from the finished cells' wall times. At the end ``results.md`` holds, per dataset and
+form, the comparison of ``lightning-split compare`` (mean ± standard deviation over seeds; each group's
+``compare.md`` and ``frontier.png`` lie under ``<out>/compare/``).
+
+``--size`` cuts the cells so that the grid fits a time budget (``full``: the shipped configs as they are);
+``--reduced`` is a two-cell grid on the embedded sentiment pairs for CI. ``--dry-run`` lists the cells, the cuts
+and an estimate without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from lightning_split.analysis.compare import CompareError, compare, load_run
+from lightning_split.analysis.compare_report import readout_table, write_comparison
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+CELL_FILE = "cell.json"
+LOG_FILE = "run.log"
+RESULTS_FILE = "results.md"
+
+
+def cell_configs(dataset: str, objective: str, form: str, configs: Path = CONFIGS) -> list[Path]:
+    """The shipped config files of one cell, in the order they are passed as ``--config`` (the one place that
+    knows how the configs are laid out)."""
+    return [configs / "smollm2" / dataset / f"{objective}-{form}.yaml"]
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    dataset: str
+    objective: str
+    form: str
+    seed: int
+
+    @property
+    def folder(self) -> Path:
+        """The cell's folder relative to the grid's output folder."""
+        return Path(self.dataset) / f"{self.objective}-{self.form}" / f"seed{self.seed}"
+
+    @property
+    def name(self) -> str:
+        """``psychopathy split-vector seed 42``."""
+        return f"{self.dataset} {self.objective}-{self.form} seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Which cells run: every objective × form (and DiffMean) per dataset, the headline pairs with every seed.
+
+    Attributes:
+        datasets: Dataset folders under ``configs/smollm2/``.
+        objectives: Trained objectives.
+        forms: Control forms.
+        seeds: Seeds; headline cells run with all, the others with the first.
+        headline: ``(objective, form)`` pairs that run with every seed.
+        diffmean: Whether each dataset also gets a DiffMean vector cell.
+    """
+
+    datasets: tuple[str, ...] = ("psychopathy", "power-seeking")
+    objectives: tuple[str, ...] = ("sft", "reps", "split", "dpo")
+    forms: tuple[str, ...] = ("vector", "lora", "local_weight", "reft")
+    seeds: tuple[int, ...] = (42, 43, 44)
+    headline: frozenset[tuple[str, str]] = frozenset(
+        (objective, form) for objective in ("sft", "reps", "split") for form in ("vector", "lora")
+    )
+    diffmean: bool = True
+
+    def cells(self) -> list[Cell]:
+        """Every cell, by dataset, then form, then objective (DiffMean first among the vectors), then seed."""
+        cells = []
+        for dataset in self.datasets:
+            for form in self.forms:
+                objectives = list(self.objectives)
+                if form == "vector" and self.diffmean:
+                    objectives.insert(0, "diffmean")
+                for objective in objectives:
+                    seeds = self.seeds if (objective, form) in self.headline else self.seeds[:1]
+                    cells += [Cell(dataset, objective, form, seed) for seed in seeds]
+        return cells
+
+
+REDUCED_GRID = Grid(
+    datasets=("sentiment",), objectives=("sft", "split"), forms=("vector",), seeds=(42,), diffmean=False
+)
+"""``--reduced``: SFT and SPLIT vectors on the embedded sentiment pairs, one seed (a CI test of the runner)."""
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+@dataclass(frozen=True)
+class Size:
+    """How much of each cell runs; ``None`` keeps the config's value.
+
+    Attributes:
+        name: The preset's name.
+        train_pairs: ``data.train_size``: training pairs (a seeded sample).
+        epochs: ``trainer.max_epochs`` (DiffMean keeps its single pass).
+        sweep_pairs: ``tradeoff.max_pairs``: test pairs swept (a seeded subset balanced by answer).
+        test_pairs: ``data.test_size``: test pairs evaluated (a seeded sample of the split, balanced by answer).
+        multipliers: ``tradeoff.multipliers``: the sweep grid (must hold 0).
+        validation: Whether validation (and its trade-off sweeps) runs during fit.
+        seconds_per_cell: Measured wall time of one cell at this size, for ``--dry-run`` estimates.
+        measured: Where ``seconds_per_cell`` comes from.
+    """
+
+    name: str
+    train_pairs: int | None = None
+    epochs: int | None = None
+    sweep_pairs: int | None = None
+    test_pairs: int | None = None
+    multipliers: tuple[float, ...] | None = None
+    validation: bool = True
+    seconds_per_cell: float | None = None
+    measured: str = ""
+
+    def overrides(self, objective: str) -> list[str]:
+        """The ``lightning-split fit`` options of this size."""
+        args: list[str] = []
+        if self.train_pairs is not None:
+            args += ["--data.train_size", str(self.train_pairs)]
+        if self.epochs is not None and objective != "diffmean":
+            args += ["--trainer.max_epochs", str(self.epochs)]
+        if self.sweep_pairs is not None:
+            args += ["--tradeoff.max_pairs", str(self.sweep_pairs)]
+        if self.test_pairs is not None:
+            args += ["--data.test_size", str(self.test_pairs)]
+        if self.multipliers is not None:
+            args += ["--tradeoff.multipliers", json.dumps(list(self.multipliers))]
+        if not self.validation:
+            args += ["--tradeoff.every_n_val_epochs", "0", "--trainer.limit_val_batches", "0"]
+            args += ["--trainer.num_sanity_val_steps", "0"]
+        return args
+
+    def cuts(self) -> str:
+        """What this size leaves out of the shipped configs, in words."""
+        cut = []
+        if self.train_pairs is not None:
+            cut.append(f"{self.train_pairs} training pairs (configs: the whole split, 500)")
+        if self.epochs is not None:
+            cut.append(f"{self.epochs} epoch(s) (configs: 2)")
+        if self.sweep_pairs is not None:
+            cut.append(f"sweeps of {self.sweep_pairs} test pairs, balanced by answer (configs: up to 100)")
+        if self.test_pairs is not None:
+            cut.append(f"{self.test_pairs} test pairs (configs: the whole test split, 100 or 200)")
+        if self.multipliers is not None:
+            grid = ", ".join(f"{m:g}" for m in self.multipliers)
+            cut.append(f"sweeps over m = {grid} (configs: 20 points from -2 to 4; no curve fits with fewer than 18)")
+        if not self.validation:
+            cut.append("no validation or validation sweeps during fit (configs: every epoch)")
+        return "; ".join(cut) if cut else "nothing: the shipped configs as they are"
+
+
+POSITIVE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
+"""The configs' sweep grid without its negative side (the comparison reads m >= 0 only)."""
+
+SIZES: dict[str, Size] = {
+    "full": Size(
+        "full",
+        seconds_per_cell=900.0,
+        measured="docs/results.md: 4 min 37 s to 5 min 58 s on a quiet machine with 7-point sweeps of 40 pairs, plus "
+        "0.19 s per pair and multiplier for the 20-point sweeps of 100 test and 50 validation pairs now",
+    ),
+    "two-hours": Size(
+        "two-hours",
+        train_pairs=96,
+        epochs=1,
+        test_pairs=32,
+        multipliers=POSITIVE_GRID,
+        validation=False,
+        seconds_per_cell=125.0,
+        measured="from the README's demo times on a quiet machine: 96 training pairs, 1 epoch and 40 test pairs "
+        "about 56 s; 0.19 s per swept pair and multiplier",
+    ),
+}
+TINY = Size("tiny", train_pairs=8, epochs=1, test_pairs=6, multipliers=(0.0, 0.5, 1.0, 2.0), validation=False)
+"""The ``--reduced`` size: a few pairs, one epoch, four multipliers, no validation."""
+
+
+# ------------------------------------------------------------------------------------------------ one cell
+@dataclass
+class CellRecord:
+    """What ``cell.json`` records about a cell."""
+
+    cell: dict
+    fingerprint: str
+    command: list[str]
+    status: str = "running"
+    seconds: float | None = None
+    cpu_seconds: float | None = None
+    returncode: int | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> CellRecord | None:
+        """The record in ``folder``, or ``None`` when there is none or it cannot be read."""
+        try:
+            return cls(**json.loads((folder / CELL_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, folder: Path) -> None:
+        """Writes the record into ``folder``."""
+        (folder / CELL_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+
+def fingerprint(cell: Cell, configs: Sequence[Path], size_args: Sequence[str]) -> str:
+    """A hash of what decides a cell's result: its config files' text, its seed and its size options."""
+    payload = {
+        "configs": [path.read_text() for path in configs],
+        "cell": asdict(cell),
+        "size": list(size_args),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def is_finished(folder: Path, expected: str, seed: int) -> bool:
+    """Whether ``folder`` holds a finished run with fingerprint ``expected``: its record says so, its test
+    report and curve exist, and its saved config has the cell's seed."""
+    record = CellRecord.read(folder)
+    if record is None or record.status != "finished" or record.fingerprint != expected:
+        return False
+    report = folder / "tradeoff" / "test"
+    if not ((report / "report.md").is_file() and (report / "curve.json").is_file()):
+        return False
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and config.get("seed_everything") == seed
+
+
+def fit_command(cell: Cell, folder: Path, configs: Sequence[Path], size_args: Sequence[str]) -> list[str]:
+    """``lightning-split fit`` for one cell: its configs, seed, folder, W&B name and size."""
+    name = f"grid-{cell.dataset}-{cell.objective}-{cell.form}-s{cell.seed}"
+    return [
+        sys.executable,
+        "-m",
+        "lightning_split.cli",
+        "fit",
+        *(arg for path in configs for arg in ("--config", str(path))),
+        "--seed_everything",
+        str(cell.seed),
+        "--trainer.default_root_dir",
+        str(folder),
+        "--trainer.logger.init_args.save_dir",
+        str(folder),
+        "--trainer.logger.init_args.name",
+        name,
+        "--trainer.callbacks.init_args.dirpath",
+        str(folder / "checkpoints"),
+        "--test_after_fit",
+        "true",
+        *size_args,
+    ]
+
+
+Runner = Callable[[list[str], Path], int]
+"""Runs a command with its output going to a log file; returns its exit status."""
+
+
+def subprocess_runner(command: list[str], log: Path) -> int:
+    """Runs ``command`` in the repository root (W&B offline unless set), output to ``log``."""
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", **os.environ}
+    with log.open("w") as handle:
+        return subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+
+
+def prepare_folder(folder: Path) -> None:
+    """Empties a cell folder for a clean run; refuses a folder that is not a grid cell's."""
+    if folder.exists():
+        if any(folder.iterdir()) and not (folder / CELL_FILE).is_file():
+            raise SystemExit(f"run_grid: {folder} exists and is not a grid cell (no {CELL_FILE}): move it away")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@dataclass
+class Progress:
+    """Wall times of finished cells, for the time left."""
+
+    seconds: dict[Cell, float] = field(default_factory=dict)
+
+    def left(self, remaining: Sequence[Cell]) -> float | None:
+        """Seconds left for ``remaining``: each cell at the mean of the finished cells of its dataset and form,
+        else of all finished cells; ``None`` before any cell finished."""
+        if not self.seconds:
+            return None
+        overall = sum(self.seconds.values()) / len(self.seconds)
+        total = 0.0
+        for cell in remaining:
+            alike = [s for c, s in self.seconds.items() if (c.dataset, c.form) == (cell.dataset, cell.form)]
+            total += sum(alike) / len(alike) if alike else overall
+        return total
+
+
+def clock(seconds: float | None) -> str:
+    """``1:02:03`` (``?`` for ``None``)."""
+    if seconds is None:
+        return "?"
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def run_grid(
+    cells: Sequence[Cell],
+    size: Size,
+    out: Path,
+    runner: Runner = subprocess_runner,
+    configs: Path = CONFIGS,
+    say: Callable[[str], None] = print,
+) -> dict[Cell, str]:
+    """Runs the unfinished ``cells`` one after another; returns each cell's status (``skipped``: finished
+    before, ``finished``, ``failed``)."""
+    progress = Progress()
+    plan: list[tuple[Cell, list[Path], list[str], str]] = []
+    for cell in cells:
+        files = cell_configs(cell.dataset, cell.objective, cell.form, configs)
+        missing = [str(path) for path in files if not path.is_file()]
+        if missing:
+            raise SystemExit(f"run_grid: {cell.name}: no config {', '.join(missing)} (see cell_configs)")
+        size_args = size.overrides(cell.objective)
+        plan.append((cell, files, size_args, fingerprint(cell, files, size_args)))
+    status: dict[Cell, str] = {}
+    for cell, _, _, expected in plan:
+        if is_finished(out / cell.folder, expected, cell.seed):
+            status[cell] = "skipped"
+            record = CellRecord.read(out / cell.folder)
+            if record is not None and record.seconds is not None:
+                progress.seconds[cell] = record.seconds
+    todo = [entry for entry in plan if entry[0] not in status]
+    say(
+        f"run_grid: {len(plan)} cells, {len(status)} finished before, {len(todo)} to run; "
+        f"size {size.name}: {size.cuts()}"
+    )
+    for k, (cell, files, size_args, expected) in enumerate(todo, 1):
+        folder = (out / cell.folder).resolve()
+        prepare_folder(folder)
+        command = fit_command(cell, folder, files, size_args)
+        record = CellRecord(asdict(cell), expected, command)
+        record.write(folder)
+        say(f"[{k}/{len(todo)}] {cell.name}: running (log {folder / LOG_FILE})")
+        start, cpu = time.monotonic(), _child_cpu()
+        returncode = runner(command, folder / LOG_FILE)
+        record.seconds, record.cpu_seconds = time.monotonic() - start, _child_cpu() - cpu
+        record.returncode = returncode
+        record.status = "finished" if returncode == 0 and is_report_written(folder) else "failed"
+        record.write(folder)
+        status[cell] = record.status
+        if record.status == "finished":
+            progress.seconds[cell] = record.seconds
+        left = progress.left([entry[0] for entry in todo[k:]])
+        say(
+            f"[{k}/{len(todo)}] {cell.name}: {record.status} in {clock(record.seconds)} "
+            f"(CPU {clock(record.cpu_seconds)}); {len(todo) - k} left, about {clock(left)} to go"
+        )
+    return status
+
+
+def is_report_written(folder: Path) -> bool:
+    """Whether a fit left its test report and curve."""
+    report = folder / "tradeoff" / "test"
+    return (report / "report.md").is_file() and (report / "curve.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ results
+def write_results(cells: Sequence[Cell], status: dict[Cell, str], size: Size, out: Path, budget: float = 1.0) -> Path:
+    """Compares the finished cells per dataset and form (``<out>/compare/<dataset>/<form>/``) and writes their
+    tables into ``<out>/results.md``."""
+    lines = [
+        "# Grid results",
+        "",
+        f"Size {size.name}: {size.cuts()}. Utility budget {budget:g} log-odds. "
+        f"{sum(s != 'failed' for s in status.values())} of {len(cells)} cells finished.",
+    ]
+    failed = [cell.name for cell in cells if status.get(cell) == "failed"]
+    if failed:
+        lines += ["", f"Failed (see their {LOG_FILE}): {', '.join(failed)}."]
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        if status.get(cell) in ("finished", "skipped"):
+            groups.setdefault((cell.dataset, cell.form), []).append(cell)
+    for (dataset, form), members in groups.items():
+        lines += ["", f"## {dataset} · {form}", ""]
+        try:
+            comparison = compare([load_run(out / cell.folder) for cell in members], budget)
+        except CompareError as err:
+            lines.append(f"Not compared: {err}")
+            continue
+        target = out / "compare" / dataset / form
+        paths = write_comparison(comparison, target)
+        for at, heading in (("equal_cost", "At equal utility cost"), ("chosen", "At each method's chosen m")):
+            lines += [f"### {heading}", "", *readout_table(comparison, at), ""]
+        table, png = paths["markdown"].relative_to(out), paths["frontier_png"].relative_to(out)
+        lines.append(f"Rules, notes and runs: [{table}]({table}). ![frontier]({png})")
+    results = out / RESULTS_FILE
+    results.write_text("\n".join(lines) + "\n")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ main
+def parser() -> argparse.ArgumentParser:
+    """The script's arguments."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "grid", help="grid folder (default runs/grid)")
+    p.add_argument("--size", choices=sorted(SIZES), default="two-hours", help="preset cell size (default two-hours)")
+    p.add_argument("--train-pairs", type=int, help="override the size's training pairs")
+    p.add_argument("--epochs", type=int, help="override the size's epochs")
+    p.add_argument("--sweep-pairs", type=int, help="override the size's swept test pairs (tradeoff.max_pairs)")
+    p.add_argument("--test-pairs", type=int, help="override the size's test pairs (data.test_size)")
+    p.add_argument("--reduced", action="store_true", help="the two-cell CI grid (sentiment, SFT/SPLIT vector, tiny)")
+    p.add_argument("--datasets", nargs="+", help="only these datasets")
+    p.add_argument("--objectives", nargs="+", help="only these objectives (diffmean included)")
+    p.add_argument("--forms", nargs="+", help="only these forms")
+    p.add_argument("--max-utility-drop", type=float, default=1.0, help="utility budget of the comparison")
+    p.add_argument("--dry-run", action="store_true", help="list the cells, the cuts and an estimate; run nothing")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the grid (or lists it with ``--dry-run``); exit status 1 when a cell failed."""
+    args = parser().parse_args(argv)
+    grid, size = (REDUCED_GRID, TINY) if args.reduced else (Grid(), SIZES[args.size])
+    size = replace(
+        size,
+        train_pairs=args.train_pairs or size.train_pairs,
+        epochs=args.epochs or size.epochs,
+        sweep_pairs=args.sweep_pairs or size.sweep_pairs,
+        test_pairs=args.test_pairs or size.test_pairs,
+    )
+    cells = [
+        cell
+        for cell in grid.cells()
+        if (args.datasets is None or cell.dataset in args.datasets)
+        and (args.objectives is None or cell.objective in args.objectives)
+        and (args.forms is None or cell.form in args.forms)
+    ]
+    if not cells:
+        raise SystemExit("run_grid: no cell left after --datasets/--objectives/--forms")
+    if args.dry_run:
+        estimate = None if size.seconds_per_cell is None else size.seconds_per_cell * len(cells)
+        print(f"{len(cells)} cells; size {size.name}: {size.cuts()}")
+        print(f"estimate: {clock(estimate)} at {size.seconds_per_cell} s per cell ({size.measured or 'not measured'})")
+        for cell in cells:
+            files = cell_configs(cell.dataset, cell.objective, cell.form)
+            command = fit_command(cell, args.out / cell.folder, files, size.overrides(cell.objective))
+            print(f"  {cell.name}: lightning-split {shlex.join(command[3:])}")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    status = run_grid(cells, size, args.out)
+    results = write_results(cells, status, size, args.out, args.max_utility_drop)
+    print(f"run_grid: results in {results}")
+    return 1 if "failed" in status.values() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""scripts/run_grid.py: the cells, resume (skip finished, redo changed or unfinished), progress, results."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lightning_split.analysis.curve import TradeoffCurve
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("run_grid", ROOT / "scripts" / "run_grid.py")
+assert _spec is not None and _spec.loader is not None
+run_grid = importlib.util.module_from_spec(_spec)
+sys.modules["run_grid"] = run_grid
+_spec.loader.exec_module(run_grid)
+
+OBJECTIVE_CLASSES = {"sft": "lightning_split.objectives.sft.SFT", "split": "lightning_split.objectives.split.SPLIT"}
+SLOPES = {"sft": (0.8, 2.0), "split": (0.5, 0.5)}  # preference and utility-cost per unit of m: SPLIT wins
+
+
+class FakeFit:
+    """Stands in for ``lightning-split fit``: writes what a fit leaves (config, test curve, report)."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def __call__(self, command: list[str], log: Path) -> int:
+        folder = Path(command[command.index("--trainer.default_root_dir") + 1])
+        seed = int(command[command.index("--seed_everything") + 1])
+        objective = folder.parent.name.split("-")[0]
+        self.ran.append(f"{objective} {seed}")
+        grid = [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
+        pref_slope, cost_slope = SLOPES[objective]
+        pref = np.array([[0.1 + pref_slope * m] * 2 for m in grid]) + 0.01 * (seed - 42)
+        util = np.array([[-2.0 - cost_slope * m] * 2 for m in grid])
+        curve = TradeoffCurve.from_pairs(
+            grid, pref, util, [0] * len(grid), split="test", form="vector", objective=objective, model="m"
+        )
+        curve.pair_index = [0, 1]
+        report = folder / "tradeoff" / "test"
+        report.mkdir(parents=True)
+        curve.to_json(report / "curve.json")
+        (report / "report.md").write_text("report")
+        config = {
+            "seed_everything": seed,
+            "model": {"init_args": {"objective": {"class_path": OBJECTIVE_CLASSES[objective]}}},
+            "data": {"dataset": "sentiment", "seed": 42},
+        }
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        log.write_text("ok")
+        return 0
+
+
+@pytest.fixture
+def configs(tmp_path: Path) -> Path:
+    """A configs folder with the two reduced-grid configs."""
+    root = tmp_path / "configs"
+    for objective in ("sft", "split"):
+        path = run_grid.cell_configs("sentiment", objective, "vector", root)[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# {objective}\nseed_everything: 42\n")
+    return root
+
+
+def test_grid_has_three_seeds_for_the_headline_cells_only() -> None:
+    cells = run_grid.Grid().cells()
+    seeds: dict[tuple[str, str, str], int] = {}
+    for cell in cells:
+        seeds[(cell.dataset, cell.objective, cell.form)] = seeds.get((cell.dataset, cell.objective, cell.form), 0) + 1
+    assert seeds[("psychopathy", "split", "vector")] == 3
+    assert seeds[("power-seeking", "reps", "lora")] == 3
+    assert seeds[("psychopathy", "dpo", "vector")] == 1
+    assert seeds[("psychopathy", "split", "reft")] == 1
+    assert seeds[("power-seeking", "diffmean", "vector")] == 1
+    assert ("psychopathy", "diffmean", "lora") not in seeds
+    assert len(cells) == 2 * (4 * 4 + 1) + 2 * 6 * 2  # 34 cells, 12 headline cells with two more seeds
+    for cell in cells:  # every cell has its shipped config
+        assert all(path.is_file() for path in run_grid.cell_configs(cell.dataset, cell.objective, cell.form))
+
+
+def test_resume_skips_finished_cells_and_redoes_changed_and_unfinished_ones(tmp_path: Path, configs: Path) -> None:
+    cells = run_grid.REDUCED_GRID.cells()
+    out, fake, said = tmp_path / "grid", FakeFit(), []
+    status = run_grid.run_grid(cells, run_grid.TINY, out, fake, configs, said.append)
+    assert fake.ran == ["sft 42", "split 42"]
+    assert set(status.values()) == {"finished"}
+    assert any("about" in line and "to go" in line for line in said)
+
+    fake.ran.clear()
+    status = run_grid.run_grid(cells, run_grid.TINY, out, fake, configs, said.append)
+    assert fake.ran == [] and set(status.values()) == {"skipped"}
+
+    # a changed config reruns its cell only; an unfinished cell (killed mid-run) is cleaned and rerun
+    run_grid.cell_configs("sentiment", "split", "vector", configs)[0].write_text("# split\nseed_everything: 7\n")
+    sft = out / "sentiment" / "sft-vector" / "seed42"
+    record = run_grid.CellRecord.read(sft)
+    assert record is not None
+    record.status = "running"
+    record.write(sft)
+    (sft / "leftover.txt").write_text("half-written")
+    status = run_grid.run_grid(cells, run_grid.TINY, out, fake, configs, said.append)
+    assert fake.ran == ["sft 42", "split 42"]
+    assert not (sft / "leftover.txt").exists()
+
+    # a different size is a different cell
+    fake.ran.clear()
+    run_grid.run_grid(cells[:1], run_grid.replace(run_grid.TINY, train_pairs=9), out, fake, configs, said.append)
+    assert fake.ran == ["sft 42"]
+
+
+def test_a_finished_cell_whose_saved_seed_differs_is_redone(tmp_path: Path, configs: Path) -> None:
+    cells = run_grid.REDUCED_GRID.cells()[:1]
+    out, fake = tmp_path / "grid", FakeFit()
+    run_grid.run_grid(cells, run_grid.TINY, out, fake, configs, lambda _: None)
+    saved = out / cells[0].folder / "config.yaml"
+    saved.write_text(saved.read_text().replace("seed_everything: 42", "seed_everything: 1"))
+    run_grid.run_grid(cells, run_grid.TINY, out, fake, configs, lambda _: None)
+    assert fake.ran == ["sft 42", "sft 42"]
+
+
+def test_a_folder_that_is_not_a_cell_is_not_removed(tmp_path: Path, configs: Path) -> None:
+    cells = run_grid.REDUCED_GRID.cells()[:1]
+    foreign = tmp_path / "grid" / cells[0].folder
+    foreign.mkdir(parents=True)
+    (foreign / "mine.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="is not a grid cell"):
+        run_grid.run_grid(cells, run_grid.TINY, tmp_path / "grid", FakeFit(), configs, lambda _: None)
+    assert (foreign / "mine.txt").read_text() == "keep"
+
+
+def test_results_compare_the_finished_cells_with_seeds(tmp_path: Path, configs: Path) -> None:
+    grid = run_grid.replace(run_grid.REDUCED_GRID, seeds=(42, 43), headline=frozenset({("split", "vector")}))
+    cells = grid.cells()
+    out = tmp_path / "grid"
+    status = run_grid.run_grid(cells, run_grid.TINY, out, FakeFit(), configs, lambda _: None)
+    results = run_grid.write_results(cells, status, run_grid.TINY, out).read_text()
+    assert "## sentiment · vector" in results
+    assert "| SPLIT · vector | 2 | 2.000 ± 0.000 | 1.000 ± 0.000 | 1.000 ± 0.000 |" in results
+    assert "Highest preference gain: **SPLIT · vector**." in results
+    assert (out / "compare" / "sentiment" / "vector" / "frontier.png").is_file()
+
+
+def test_progress_estimates_time_left_from_alike_cells() -> None:
+    cell = run_grid.Cell
+    progress = run_grid.Progress({cell("a", "sft", "vector", 1): 10.0, cell("a", "sft", "lora", 1): 30.0})
+    assert progress.left([cell("a", "split", "vector", 1), cell("b", "split", "reft", 1)]) == 10.0 + 20.0
+    assert run_grid.Progress().left([cell("a", "sft", "vector", 1)]) is None
+    assert run_grid.clock(3723) == "1:02:03"
+
+
+def test_size_options_and_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+    size = run_grid.SIZES["two-hours"]
+    assert "--trainer.max_epochs" not in size.overrides("diffmean")
+    assert size.overrides("split")[:4] == ["--data.train_size", "96", "--trainer.max_epochs", "1"]
+    assert run_grid.main(["--dry-run", "--datasets", "psychopathy", "--forms", "vector", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 epoch(s)" in out and "psychopathy split-vector seed 44" in out
+
+
+@pytest.mark.slow
+def test_reduced_grid_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two-cell CI grid with the real model and the embedded sentiment pairs (about 6 minutes on 2 loaded
+    cores, 2 to 3 CPU minutes)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert run_grid.main(["--reduced", "--out", str(tmp_path / "grid")]) == 0
+    results = (tmp_path / "grid" / "results.md").read_text()
+    assert (
+        "## sentiment · vector" in results and "| SFT · vector | 1 |" in results and "| SPLIT · vector | 1 |" in results
+    )
+    assert (tmp_path / "grid" / "compare" / "sentiment" / "vector" / "frontier.png").is_file()

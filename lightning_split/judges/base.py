@@ -47,9 +47,6 @@ class JudgeCounts:
     retries: int = 0
     failures: int = 0
 
-    def __sub__(self, other: JudgeCounts) -> JudgeCounts:
-        return JudgeCounts(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in dataclasses.fields(self)})
-
     def as_dict(self) -> dict[str, int]:
         """The counts as a plain dict."""
         return dataclasses.asdict(self)

@@ -150,7 +150,7 @@ class OpenAIJudge(Judge):
         while True:
             with self._lock:
                 self.counts.calls += 1
-                self.counts.retries += tried > 0
+                self.counts.retries += int(tried > 0)
             try:
                 response = self._client.chat.completions.create(**request)
                 return (response.choices[0].message.content or "") if response.choices else ""

@@ -134,6 +134,8 @@ def load_template(criterion: str, path: str | Path | None = None) -> RubricTempl
     Raises:
         RubricTemplateError: the file is missing or unreadable, or lacks one of the criterion's placeholders.
     """
+    if criterion not in PLACEHOLDERS:
+        raise ValueError(f"unknown rubric criterion {criterion!r}: one of {sorted(PLACEHOLDERS)}")
     if path is None:
         name = ("bipo_" if criterion == "behavior" else "axbench_") + criterion + ".txt"
         text = resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")

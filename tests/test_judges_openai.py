@@ -160,12 +160,15 @@ def test_another_model_or_setting_misses_the_cache(serve, tmp_path: Path, change
     assert same.counts["calls"] == 0 and same.counts["cache_hits"] == 3
 
 
-def test_server_errors_are_retried_then_counted_as_failures_and_never_cached(serve, tmp_path: Path) -> None:
+@pytest.mark.parametrize("status", [500, 503, 429, 408])
+def test_server_errors_are_retried_then_counted_as_failures_and_never_cached(
+    serve, tmp_path: Path, status: int
+) -> None:
     broken = {"on": True}
 
     def script(body: dict[str, Any]) -> Action:
         failing = broken["on"] and "Tea steeps" in _prompt(body)
-        return ("status", 500) if failing else ("reply", "Rating: [[1]]")
+        return ("status", status) if failing else ("reply", "Rating: [[1]]")
 
     server = serve(script)
     cache = tmp_path / "judge.sqlite"

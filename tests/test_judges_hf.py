@@ -4,12 +4,13 @@ are scored or counted as unparseable, and a rerun from the cache neither calls n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lightning_split.backbone import ModelPackageMissingError, resolve_registered_model
+from lightning_split.backbone import ModelPackageMissingError, load_backbone, resolve_registered_model
 from lightning_split.errors import OptionError
-from lightning_split.judges import ConceptGeneration, HFJudge, score_axbench
+from lightning_split.judges import ConceptGeneration, HFJudge, JudgeConfigError, score_axbench
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +31,19 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def greedy_judge() -> HFJudge:
+def smollm2() -> tuple[Any, Any]:
+    """The real SmolLM2-135M-Instruct (model, tokenizer), loaded once for the module."""
     try:
         resolve_registered_model(MODEL)
     except ModelPackageMissingError as err:
         pytest.skip(str(err))
-    return HFJudge(MODEL, max_new_tokens=24, batch_size=4)
+    return load_backbone(MODEL)
 
 
-def test_batched_greedy_replies_equal_one_at_a_time(greedy_judge: HFJudge, one_thread: None) -> None:
+def test_batched_greedy_replies_equal_one_at_a_time(smollm2: tuple[Any, Any], one_thread: None) -> None:
+    greedy_judge = HFJudge(MODEL, max_new_tokens=24, batch_size=4, loaded=smollm2)
     batched = greedy_judge.complete(PROMPTS)
-    single = HFJudge(MODEL, max_new_tokens=24, batch_size=1)
-    single._loaded = greedy_judge._model()  # the same weights, not a second load
+    single = HFJudge(MODEL, max_new_tokens=24, batch_size=1, loaded=smollm2)
     alone = single.complete(PROMPTS)
     assert batched == alone
     assert all(isinstance(r, str) and r.strip() for r in batched) and len(set(batched)) == len(PROMPTS)
@@ -50,7 +52,7 @@ def test_batched_greedy_replies_equal_one_at_a_time(greedy_judge: HFJudge, one_t
 
 
 def test_real_judgments_are_scored_or_counted_and_a_rerun_loads_nothing(
-    greedy_judge: HFJudge, tmp_path: Path, one_thread: None
+    smollm2: tuple[Any, Any], tmp_path: Path, one_thread: None
 ) -> None:
     generations = [
         ConceptGeneration("Describe your morning.", "I walked across the Golden Gate Bridge at dawn.", "bridges"),
@@ -58,8 +60,7 @@ def test_real_judgments_are_scored_or_counted_and_a_rerun_loads_nothing(
             "Give a tip for cooking rice.", "Rinse the rice, then cook it in twice the water.", "bridges"
         ),
     ]
-    judge = HFJudge(MODEL, max_new_tokens=64, batch_size=6, cache=tmp_path / "judge.sqlite")
-    judge._loaded = greedy_judge._model()
+    judge = HFJudge(MODEL, max_new_tokens=64, batch_size=6, cache=tmp_path / "judge.sqlite", loaded=smollm2)
     result = score_axbench(generations, judge)
     judgments = [j for item in result.items for j in item.judgments.values()]
     assert {j.outcome for j in judgments} <= {"scored", "unparseable"}
@@ -75,16 +76,22 @@ def test_real_judgments_are_scored_or_counted_and_a_rerun_loads_nothing(
     rerun_judge = HFJudge(MODEL, max_new_tokens=64, batch_size=1, cache=tmp_path / "judge.sqlite")
     rerun = score_axbench(generations, rerun_judge)
     assert rerun.counts["calls"] == 0 and rerun.counts["cache_hits"] == 6 and rerun.items == result.items
-    assert rerun_judge._loaded is None  # every reply came from the cache: the model was never loaded
+    assert not rerun_judge.is_loaded  # every reply came from the cache: the model was never loaded
 
 
-def test_sampling_is_seeded_and_recorded(greedy_judge: HFJudge, one_thread: None) -> None:
+def test_sampling_is_seeded_and_recorded(smollm2: tuple[Any, Any], one_thread: None) -> None:
     replies = []
     for _ in range(2):
-        judge = HFJudge(MODEL, temperature=1.0, seed=3, max_new_tokens=12)
-        judge._loaded = greedy_judge._model()
+        judge = HFJudge(MODEL, temperature=1.0, seed=3, max_new_tokens=12, loaded=smollm2)
         replies.append(judge.complete(PROMPTS[:2]))
     assert replies[0] == replies[1] and not judge.deterministic
     assert judge.describe().settings == {"temperature": 1.0, "seed": 3, "max_new_tokens": 12, "dtype": "float32"}
     with pytest.raises(OptionError, match="batch_size >= 1"):
         HFJudge(MODEL, batch_size=0)
+
+
+def test_a_model_without_a_chat_template_is_refused(tiny_backbone_dir: Path) -> None:
+    model, tokenizer = load_backbone(str(tiny_backbone_dir))
+    tokenizer.chat_template = None
+    with pytest.raises(JudgeConfigError, match="has no chat template"):
+        HFJudge("tiny", loaded=(model, tokenizer))

@@ -31,6 +31,8 @@ class HFJudge(Judge):
         device: where the model runs (``"cpu"``, ``"cuda"``).
         model_cache_dir: the converted-model cache of :func:`~lightning_split.backbone.load_backbone`.
         cache: the reply cache (a :class:`JudgeCache` or its path), or ``None``.
+        loaded: ``(model, tokenizer)`` already in memory for ``model`` (e.g. the backbone being evaluated), used
+            instead of loading it again; ``model`` still names it in the record and the cache key.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class HFJudge(Judge):
         device: str = "cpu",
         model_cache_dir: str | None = None,
         cache: JudgeCache | str | Path | None = None,
+        loaded: tuple[Any, Any] | None = None,
     ) -> None:
         if not model or temperature < 0 or max_new_tokens < 1 or batch_size < 1:
             raise OptionError(
@@ -56,7 +59,7 @@ class HFJudge(Judge):
         self.max_new_tokens, self.batch_size, self.dtype, self.device = max_new_tokens, batch_size, dtype, device
         self.model_cache_dir = model_cache_dir
         self.deterministic = temperature == 0
-        self._loaded: tuple[Any, Any] | None = None
+        self._loaded = None if loaded is None else self._checked(*loaded)
 
     def describe(self) -> JudgeRecord:
         """Model name, greedy or sampling settings, dtype; batch size and device as options."""
@@ -73,17 +76,26 @@ class HFJudge(Judge):
             options={"batch_size": self.batch_size, "device": self.device},
         )
 
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model is in memory (it loads on the first prompt that misses the cache)."""
+        return self._loaded is not None
+
+    def _checked(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+        if not getattr(tokenizer, "chat_template", None):
+            raise JudgeConfigError(
+                f"judge model {self.model_name!r} has no chat template: an in-process judge needs an instruct "
+                "(chat) model such as 'smollm2-135m-instruct'"
+            )
+        return model.to(self.device), tokenizer
+
     def _model(self) -> tuple[Any, Any]:
         if self._loaded is None:
             from ..backbone import load_backbone
 
-            model, tokenizer = load_backbone(self.model_name, dtype=self.dtype, cache_dir=self.model_cache_dir)
-            if not getattr(tokenizer, "chat_template", None):
-                raise JudgeConfigError(
-                    f"judge model {self.model_name!r} has no chat template: an in-process judge needs an instruct "
-                    "(chat) model such as 'smollm2-135m-instruct'"
-                )
-            self._loaded = (model.to(self.device), tokenizer)
+            self._loaded = self._checked(
+                *load_backbone(self.model_name, dtype=self.dtype, cache_dir=self.model_cache_dir)
+            )
         return self._loaded
 
     def _generate(self, conversations: Sequence[Messages], seed: int) -> list[str]:

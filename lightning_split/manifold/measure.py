@@ -172,6 +172,7 @@ class SteeredMeasurer:
         if not grid or grid[0] != 0:
             raise ValueError(f"the measuring sweep must start at m = 0 (to know each h(0) first), got {list(grid)}")
         self.layout, self.references, self.grid = layout, references, [float(m) for m in grid]
+        self._swept = torch.tensor(self.grid, dtype=torch.float32).tolist()  # the multipliers as the sweep passes them
         self.sums = {}
         for layer, ref in references.items():
             bases = {f"principal@{level:g}": ref.basis(level) for level in ref.levels}
@@ -189,7 +190,7 @@ class SteeredMeasurer:
         size = len(batch)
         key = tuple(batch.index.tolist())
         for copy, value in enumerate(m.view(-1, size)[:, 0].tolist()):
-            column = self.grid.index(value)
+            column = self._swept.index(value)
             if column == 0:
                 self._batch = key
                 self.pair_index.append(batch.index.detach().cpu().repeat_interleave(2))

@@ -63,8 +63,9 @@ def test_analyze_writes_the_report_and_figures(run_dir: Path, capsys: pytest.Cap
         assert heading in text
     assert "nan" not in text.lower()
     assert "differ from the saved curve's by at most" in text
-    gap = float(text.split("by at most ")[1].split(".\n")[0])
+    gap = float(text.split("by at most ")[1].split(" ")[0])
     assert gap < 1e-4  # the measuring pass reproduces the saved curve (float32 batches of other sizes)
+    assert "| control | vector split, layer 1, steering all tokens |" in text
     assert "| rq | 9 |" in text and "| logistic | 4 |" in text and "R² (train → test)" in text
     for layer in (1, 2, 3):
         for name in (f"plane-layer{layer}.png", f"distance-layer{layer}.png"):

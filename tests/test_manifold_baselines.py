@@ -89,7 +89,7 @@ def _curve(split: str, pref: np.ndarray, util: np.ndarray, grid: np.ndarray = M)
 
 
 def test_comparison_tables_have_the_papers_three_columns_and_never_nan() -> None:
-    train = _curve("train", _noisy(np.tanh(2 * M)), _noisy(-M**2, seed=1))
+    train = _curve("train", _noisy(np.tanh(2 * M)), _noisy(-(M**2), seed=1))
     test = _curve("test", _noisy(np.tanh(2 * M), seed=2), np.full(21, -1.0))  # flat utility on test
     rows = compare_fits(train, test)
     assert [(r.kind, r.model) for r in rows] == [(k, m) for k in ("preference", "utility") for m in MODELS]

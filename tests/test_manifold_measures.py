@@ -64,7 +64,9 @@ def test_knn_distance_does_not_depend_on_the_order_of_the_reference() -> None:
     reference = torch.randn(200, 6, generator=g, dtype=torch.float64)
     queries = torch.randn(30, 6, generator=g, dtype=torch.float64)
     shuffled = reference[torch.randperm(200, generator=g)]
-    np.testing.assert_array_equal(knn_distance(queries, reference, 7).numpy(), knn_distance(queries, shuffled, 7).numpy())
+    np.testing.assert_array_equal(
+        knn_distance(queries, reference, 7).numpy(), knn_distance(queries, shuffled, 7).numpy()
+    )
     brute = np.sort(np.linalg.norm(queries.numpy()[:, None] - reference.numpy()[None], axis=2), axis=1)[:, :7].mean(1)
     np.testing.assert_allclose(knn_distance(queries, reference, 7).numpy(), brute, rtol=1e-12)
 

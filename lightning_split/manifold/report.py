@@ -83,7 +83,8 @@ def _consistency(report: ManifoldReport) -> list[str]:
     return [
         "",
         f"The measuring pass recomputed the {report.curve.split or 'evaluated'} curve on the same pairs and grid: "
-        f"its mean utility log-odds differ from the saved curve's by at most {gap:.2e}.",
+        f"its mean utility log-odds differ from the saved curve's by at most {gap:.2e} (float32 passes over "
+        "batches of other sizes).",
     ]
 
 
@@ -190,7 +191,8 @@ def reading(report: ManifoldReport) -> list[str]:
         out.append(
             f"- Layer {layer}: the steered activations move from {knn[zero]:.2f}× the typical unsteered neighbour "
             f"distance at m = 0 to {knn[far]:.2f}× at m = {curve.multipliers[far]:g}, where {off[far]:.0%} of them "
-            f"are off-manifold; utility falls by {curve.utility[zero] - curve.utility[far]:.2f} log-odds there "
+            f"are off-manifold; the mean utility log-odds change by {curve.utility[far] - curve.utility[zero]:+.2f} "
+            "there "
             f"({rho} between the k-NN distance and the utility drop over the grid)."
         )
         level = report.sweep.utility_level

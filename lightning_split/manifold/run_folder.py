@@ -174,7 +174,8 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
         utility_level=options.utility_level,
         max_rows=options.max_rows,
     )
-    metadata = {"form": curve.form, "objective": curve.objective, "layer": curve.layer, "model": curve.model}
+    form, objective = curve.form or steered.metadata["form"], curve.objective or steered.metadata.get("objective")
+    metadata = {"form": form, "objective": objective, "layer": curve.layer, "model": curve.model}
     measured = curve_from_losses(sweep.losses, split=curve.split, **metadata)
     train_curve = curve_from_losses(sweep.reference_losses, split="train", **metadata)
     out = options.out or run_dir / "manifold"
@@ -188,7 +189,7 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
     setup = [
         ("run folder", str(run_dir)),
         ("model", curve.model or steered.metadata.get("backbone")),
-        ("control", f"{curve.form} {curve.objective}, layer {first}, steering {steered.positions} tokens"),
+        ("control", f"{form} {objective}, layer {first}, steering {steered.positions} tokens"),
         ("evaluated", f"{len(curve.pair_index)} {curve.split} pairs of {options.curve or DEFAULT_CURVE}"),
         ("grid", ", ".join(f"{m:g}" for m in curve.multipliers)),
         ("NLL reduction", curve.reduction),

@@ -93,7 +93,9 @@ def test_readouts_are_the_mean_block_output_over_each_completion() -> None:
 def test_utility_gradient_matches_a_finite_difference_of_a_vector_control() -> None:
     layout, control, scorer = _setup("vector", layer=2)
     batches = _batches(1, 4, 20)
-    gradients = utility_gradients(scorer, batches, 2, "mean")
+    both = utility_gradients(scorer, batches, [2, 3], "mean")
+    gradients = both[2]
+    torch.testing.assert_close(both[3], utility_gradients(scorer, batches, [3], "mean")[3])  # one pass serves all
     eps = 1e-3
     losses = sweep_losses(scorer, control, batches, [-eps, eps], reduction="mean", progress=False)
     util = [utility_log_odds(losses.l_pos[i], losses.l_neg[i])[0] for i in range(2)]

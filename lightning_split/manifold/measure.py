@@ -324,9 +324,9 @@ def measure_manifold(
     subspaces: dict[int, dict[str, torch.Tensor]] = {}
     if utility_level is not None:
         with _eval_mode(scorer.model):
-            for layer in layers:
-                gradients = utility_gradients(scorer, reference_batches, layer, reduction)
-                subspaces[layer] = {f"utility@{utility_level:g}": gradient_subspace(gradients, utility_level)}
+            gradients = utility_gradients(scorer, reference_batches, layers, reduction)
+        for layer, per_pair in gradients.items():
+            subspaces[layer] = {f"utility@{utility_level:g}": gradient_subspace(per_pair, utility_level)}
     measurer = SteeredMeasurer(scorer.layout, references, grid, subspaces)
     losses = sweep_losses(scorer, control, batches, grid, observe=measurer, **common)
     return ManifoldSweep(references, measurer.results(), reference_losses, losses, utility_level)

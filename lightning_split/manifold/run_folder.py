@@ -173,6 +173,7 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
         seed=options.seed,
         utility_level=options.utility_level,
         max_rows=options.max_rows,
+        progress=True,
     )
     form, objective = curve.form or steered.metadata["form"], curve.objective or steered.metadata.get("objective")
     metadata = {"form": form, "objective": objective, "layer": curve.layer, "model": curve.model}

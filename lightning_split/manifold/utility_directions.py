@@ -10,7 +10,7 @@ norm in this subspace. A pair whose utility denominator is clamped contributes a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -18,30 +18,39 @@ from ..data.batch import PairBatch
 from ..engine import PairScorer, completion_log_probs
 from ..metrics.functional import DEFAULT_EPS, Reduction, utility_log_odds
 from ..sweep import model_device
-from .capture import stream_hooks
+from .capture import StreamFn, stream_hooks
 from .reference import dims_for
 
 
 def utility_gradients(
-    scorer: PairScorer, batches: Iterable[PairBatch], layer: int, reduction: Reduction, eps: float = DEFAULT_EPS
-) -> torch.Tensor:
-    """``[N, d]`` float64 gradients ``gᵢ`` of every pair's utility log-odds (module docstring) at ``layer``.
+    scorer: PairScorer,
+    batches: Iterable[PairBatch],
+    layers: Sequence[int],
+    reduction: Reduction,
+    eps: float = DEFAULT_EPS,
+) -> dict[int, torch.Tensor]:
+    """``{layer: [N, d]}`` float64 gradients ``gᵢ`` of every pair's utility log-odds (module docstring).
 
-    With ``s = e^{−L_p} + e^{−L_n}`` and ``U = log s − log(1 − s)``: ``∂U/∂L_p = −σ(L_n − L_p)·(1 + e^U)`` and
-    ``∂U/∂L_n = −σ(L_p − L_n)·(1 + e^U)`` (0 where the denominator is clamped); these float64 coefficients weigh
-    one backward pass through the differentiable losses.
+    One forward and one backward pass per batch serve every layer: each gets its own zero shift, so the forward
+    is the unsteered one and each shift's gradient is that layer's ``gᵢ``. With ``s = e^{−L_p} + e^{−L_n}`` and
+    ``U = log s − log(1 − s)``: ``∂U/∂L_p = −σ(L_n − L_p)·(1 + e^U)`` and ``∂U/∂L_n = −σ(L_p − L_n)·(1 + e^U)``
+    (0 where the denominator is clamped); these float64 coefficients weigh the backward pass through the
+    differentiable losses.
     """
     device = model_device(scorer)
-    out = []
+    out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for batch in batches:
         batch = batch.to(device)
         packed = scorer.pack(batch)
-        shift = torch.zeros(len(batch), 1, scorer.layout.hidden_size, device=device, requires_grad=True)
+        shifts = {
+            layer: torch.zeros(len(batch), 1, scorer.layout.hidden_size, device=device, requires_grad=True)
+            for layer in layers
+        }
 
-        def add_shift(hidden: torch.Tensor, shift: torch.Tensor = shift) -> torch.Tensor:
-            return hidden + shift.to(hidden.dtype)
+        def adder(shift: torch.Tensor) -> StreamFn:
+            return lambda hidden: hidden + shift.to(hidden.dtype)
 
-        with torch.enable_grad(), stream_hooks(scorer.layout, {layer: add_shift}):
+        with torch.enable_grad(), stream_hooks(scorer.layout, {layer: adder(s) for layer, s in shifts.items()}):
             lp = completion_log_probs(scorer.layout, scorer.hidden(packed, None, 0), packed)
             l_pos = _nll(lp.logp_pos.double(), lp.len_pos, reduction)
             l_neg = _nll(lp.logp_neg.double(), lp.len_neg, reduction)
@@ -49,11 +58,12 @@ def utility_gradients(
             scale = (1 + utility.exp()) * (~clamped)
             share_pos = torch.sigmoid(l_neg - l_pos).detach()
             surrogate = (-share_pos * scale * l_pos - (1 - share_pos) * scale * l_neg).sum()
-            (grad,) = torch.autograd.grad(surrogate, shift)
-        out.append(grad[:, 0].to("cpu", torch.float64))
-    if not out:
+            grads = torch.autograd.grad(surrogate, list(shifts.values()))
+        for layer, grad in zip(shifts, grads):
+            out[layer].append(grad[:, 0].to("cpu", torch.float64))
+    if not any(out.values()):
         raise ValueError("no pairs to take utility gradients on")
-    return torch.cat(out)
+    return {layer: torch.cat(parts) for layer, parts in out.items()}
 
 
 def _nll(log_likelihood: torch.Tensor, length: torch.Tensor, reduction: Reduction) -> torch.Tensor:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -58,6 +58,10 @@ DEFAULT_MAX_ROWS = 64
 
 LowerFn = Callable[[PairBatch, PackedPairs, int], torch.Tensor]
 """``lower(batch, packed, start) -> [B, S, d]`` input of block ``start`` (e.g. served from a cache)."""
+
+Observer = Callable[[PairBatch, PackedPairs, torch.Tensor], AbstractContextManager[Any]]
+"""``observe(batch, rows, m)``: a context entered around each upper-block pass of :func:`sweep_losses`, with the
+batch, its packed rows (``K`` stacked copies) and the ``[K·B]`` per-row multipliers (e.g. to hook hidden states)."""
 
 
 @dataclass
@@ -190,6 +194,7 @@ def sweep_losses(
     device: torch.device | str | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     lower: LowerFn | None = None,
+    observe: Observer | None = None,
 ) -> SweepLosses:
     """Per-pair ``L_p`` and ``L_n`` at every multiplier, with the fast engine (see the module docstring).
 
@@ -206,6 +211,8 @@ def sweep_losses(
         max_rows: bound on packed rows per pass when ``chunk_multipliers`` is ``None``.
         lower: optional provider of the lower-block states (e.g. a per-pair cache); default computes them
             with :meth:`PairScorer.lower_states`.
+        observe: optional :data:`Observer`, entered around every upper-block pass (chunks of one batch come
+            in grid order).
 
     Returns:
         The per-pair losses, in the order of the grid and of the pairs.
@@ -231,7 +238,8 @@ def sweep_losses(
             m = torch.tensor(chunk, dtype=torch.float32, device=device).repeat_interleave(size)
             rows = repeat_packed(packed, copies)
             rows_lower = states.repeat(copies, 1, 1) if states is not None else None
-            lp = scorer.score_packed(rows, control, m, positions, rows_lower)
+            with observe(batch, rows, m) if observe is not None else nullcontext():
+                lp = scorer.score_packed(rows, control, m, positions, rows_lower)
             lp_pos, lp_neg = _losses(lp, reduction)
             l_pos[first : first + copies] = lp_pos.view(copies, size)
             l_neg[first : first + copies] = lp_neg.view(copies, size)
@@ -437,6 +445,7 @@ def plain_sweep(
 __all__ = [
     "DEFAULT_MAX_ROWS",
     "LowerFn",
+    "Observer",
     "SweepLosses",
     "curve_from_losses",
     "default_chunk",

@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_split.backbone import load_tokenizer
 from lightning_split.data.answers import answer_classes, class_id
+from lightning_split.data.axbench import PENDING, complete_splits, pending_splits, read_resolved
+from lightning_split.data.axbench_negatives import NegativeSettings, ReplyCache, negatives_cache_dir
 from lightning_split.data.batch import PairBatch
 from lightning_split.data.pairs import BadRowError, DataFileError, PolarityPair
 from lightning_split.data.readers import read_pairs
@@ -21,6 +23,7 @@ from lightning_split.data.registry import SPLIT_FILE_OPTIONS, ResolvedDataset, r
 from lightning_split.data.samplers import ResumableDataLoader, ResumableDistributedSampler, eval_sampler
 from lightning_split.data.splits import SPLIT_NAMES, Splits, split_dataset
 from lightning_split.data.tokenize import PairTokenizer, TokenizedPair
+from lightning_split.errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,13 @@ class PolarityDataModule(L.LightningDataModule):
 
     ``train_size``/``val_size``/``test_size`` replace these defaults with seeded samples of the given size.
 
+    AxBench (``dataset: axbench``, ``axbench-concept500`` or an AxBench ``train_data.parquet``; see
+    :mod:`lightning_split.data.axbench`): ``concepts`` selects concept ids, the sizes count per concept (default
+    64 train / 0 validation / 8 test, seeded per concept), and each pair's negative is the backbone's own
+    unsteered greedy reply to the instruction, generated when the backbone is known (the model's setup, or
+    :meth:`set_backbone`) and cached on disk (``<converted-model cache>/axbench-negatives``, see
+    :mod:`lightning_split.data.axbench_negatives`); until then the pairs' negatives are empty.
+
     Args:
         dataset: ``psychopathy``, ``power-seeking``, ``sentiment`` or the path of a ``.jsonl``/``.csv``/
             ``.parquet`` file; unset: ``sentiment`` (embedded), unless split files are given. A file is split
@@ -150,6 +160,8 @@ class PolarityDataModule(L.LightningDataModule):
         not_matching_field: overrides the detected not-matching-completion field.
         group_field: a field that groups rows (AxBench ``concept_id``).
         use_chat_template: None uses the tokenizer's chat template when it has one; False uses plain text.
+        concepts: AxBench concept ids to use (None: every concept of the file); only for AxBench datasets.
+        negative_max_new_tokens: AxBench only: most tokens of the backbone's reply that serves as a negative.
 
     Attributes:
         answer_classes: the dataset's answer classes after :meth:`setup` (``["No", "Yes"]`` for Psychopathy,
@@ -180,6 +192,8 @@ class PolarityDataModule(L.LightningDataModule):
         not_matching_field: str | None = None,
         group_field: str | None = None,
         use_chat_template: bool | None = None,
+        concepts: list[int] | None = None,
+        negative_max_new_tokens: int = 128,
     ) -> None:
         super().__init__()
         by_name = tokenizer is None or isinstance(tokenizer, str)
@@ -210,6 +224,10 @@ class PolarityDataModule(L.LightningDataModule):
         }
         self.field_map = {k: v for k, v in fields.items() if v is not None} or None
         self.use_chat_template = use_chat_template
+        self.concepts = concepts
+        self.negative_settings = NegativeSettings(max_new_tokens=negative_max_new_tokens)
+        self.negatives: ReplyCache | None = None
+        self._backbone: Any = None
         self.resolved: ResolvedDataset | None = None
         self.splits: Splits | None = None
         self.answer_classes: list[str] = []
@@ -277,18 +295,58 @@ class PolarityDataModule(L.LightningDataModule):
                 self.resolved = resolve_split_files(self.split_files)
             else:
                 self.resolved = resolve_dataset(self.dataset, self.data_dir)
-            pools: dict[str, list[PolarityPair]] = {}
-            for name, path in self.resolved.paths.items():
-                result = read_pairs(path, self.data_format, self.field_map, self.skip_bad_rows)
-                pools[name] = result.pairs
-                self.read_skipped += [SkippedRow(result.source, line, why) for line, why in result.skipped]
-            self._report_skipped("reading", self.read_skipped)
-            train_size, val_size, test_size = self.sizes
-            self.splits = split_dataset(self.resolved.spec, pools, train_size, val_size, test_size, self.seed)
+            if self.resolved.spec.kind == "axbench":
+                self.splits = pending_splits(read_resolved(self.resolved, self.concepts), self.sizes, self.seed)
+            else:
+                self.splits = self._read_pairs(self.resolved)
             self.answer_classes = answer_classes([p for name in SPLIT_NAMES for p in self.splits[name]])
             sizes = " / ".join(f"{n} {name}" for name, n in self.splits.sizes().items())
             rank_zero_info(f"dataset {self.resolved.spec.name}: {sizes} pairs (seed {self.seed})")
         return self.splits
+
+    def _read_pairs(self, resolved: ResolvedDataset) -> Splits:
+        if self.concepts is not None:
+            raise OptionError(
+                f"data option concepts (data.concepts) selects AxBench concepts, but dataset "
+                f"{resolved.spec.name!r} is not AxBench; unset concepts"
+            )
+        pools: dict[str, list[PolarityPair]] = {}
+        for name, path in resolved.paths.items():
+            result = read_pairs(path, self.data_format, self.field_map, self.skip_bad_rows)
+            pools[name] = result.pairs
+            self.read_skipped += [SkippedRow(result.source, line, why) for line, why in result.skipped]
+        self._report_skipped("reading", self.read_skipped)
+        train_size, val_size, test_size = self.sizes
+        return split_dataset(resolved.spec, pools, train_size, val_size, test_size, self.seed)
+
+    def set_backbone(self, model: Any) -> None:
+        """Sets the model whose unsteered replies are AxBench negatives (under a Trainer, the module's ``backbone``
+        is used when none is set)."""
+        self._backbone = model
+
+    def _complete_negatives(self) -> None:
+        """Fills in the AxBench negatives (generated by the backbone, or from the cache) before tokenising."""
+        assert self.splits is not None
+        if not any(p.metadata.get("negative") == PENDING for name in SPLIT_NAMES for p in self.splits[name]):
+            return
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        model = self._backbone if self._backbone is not None else getattr(module, "backbone", None)
+        if model is None:
+            raise RuntimeError(
+                "AxBench negatives are the backbone's own replies: call set_backbone(model) first, or run under a "
+                "Trainer whose module has a `backbone`"
+            )
+        self.negatives = ReplyCache(model, self.tokenizer, self.negative_settings)
+        self.splits, bad = complete_splits(
+            self.splits, self.negatives, self.pair_tokenizer.prompt_ids, self.skip_bad_rows
+        )
+        new = [SkippedRow(err.source, err.line, err.problem) for err in bad]
+        self.read_skipped += new
+        self._report_skipped("generating AxBench negatives", new)
+        rank_zero_info(
+            f"AxBench negatives: {self.negatives.generated} generated, {self.negatives.reused} from the cache "
+            f"{negatives_cache_dir()}"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Reads, validates and splits the data (if not done yet), and tokenises it if a tokenizer is known.
@@ -321,6 +379,7 @@ class PolarityDataModule(L.LightningDataModule):
             return self._tokenized
         if self.splits is None:
             self.setup()
+        self._complete_negatives()
         assert self.splits is not None
         tok = self.pair_tokenizer
         self.length_skipped = []

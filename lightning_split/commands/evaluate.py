@@ -121,7 +121,8 @@ def _control_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _judge(args: argparse.Namespace, dataset: str, cache: Path, device: str) -> Any:
+def _judge(args: argparse.Namespace, dataset: str, device: str) -> Any:
+    """The judge, without its cache (set once the output folder is known to be usable)."""
     from lightning_split.judges import HFJudge, OpenAIJudge
 
     max_tokens = args.judge_max_tokens or JUDGE_MAX_TOKENS[dataset]
@@ -133,7 +134,6 @@ def _judge(args: argparse.Namespace, dataset: str, cache: Path, device: str) -> 
             seed=args.judge_seed,
             max_tokens=max_tokens,
             concurrency=args.judge_concurrency,
-            cache=cache,
         )
     return HFJudge(
         args.judge[3:],
@@ -142,8 +142,23 @@ def _judge(args: argparse.Namespace, dataset: str, cache: Path, device: str) -> 
         max_new_tokens=max_tokens,
         batch_size=args.judge_batch_size,
         device=device,
-        cache=cache,
     )
+
+
+def _logodds(args: argparse.Namespace, dataset: str, run_folder: Path, steered: Any, prompts: list[Any]) -> Any:
+    """The run's curve if one covers the grid, else a sweep of the prompts' PowerSeeking pairs, else absent."""
+    from lightning_split.data.pairs import PolarityPair
+    from lightning_split.evaluation import LogOdds, from_run, from_sweep
+
+    if args.no_logodds:
+        return LogOdds("absent", note="skipped (--no_logodds)")
+    found = from_run(run_folder, args.multipliers)
+    if found is not None:
+        return found
+    if dataset == "axbench":
+        return LogOdds("absent", note="no curve of the run covers the grid, and AxBench has no negatives to sweep")
+    pairs = [PolarityPair(p.prompt, p.context["matching"], p.context["not_matching"]) for p in prompts]
+    return from_sweep(steered, pairs, args.multipliers)
 
 
 def main(argv: list[str]) -> None:
@@ -159,9 +174,24 @@ def main(argv: list[str]) -> None:
     out = Path(args.out).expanduser() if args.out else run_folder / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
     prompts = _prompts(args, dataset)
 
-    from lightning_split.evaluation import GenerationSettings, GenerationStore, split_halves
+    import torch
+
+    from lightning_split.artifacts import load_steered
+    from lightning_split.evaluation import (
+        NO_VALID,
+        GenerationSettings,
+        GenerationStore,
+        NoValidJudgmentsError,
+        evaluate,
+        log_wandb,
+        split_halves,
+        write_outputs,
+    )
+    from lightning_split.judges import JudgeCache, axbench_rubric, bipo_rubric
 
     halves = split_halves(prompts, args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    judge = _judge(args, dataset, device)
     generation = GenerationSettings(args.max_new_tokens, not args.greedy, args.temperature, args.seed)
     settings = {
         "dataset": dataset,
@@ -171,34 +201,11 @@ def main(argv: list[str]) -> None:
         "generation": generation.as_dict(),
     }
     store = GenerationStore(out, settings)
-
-    import torch
-
-    from lightning_split.artifacts import load_steered
-    from lightning_split.evaluation import LogOdds, evaluate, from_run, from_sweep, log_wandb, write_outputs
-    from lightning_split.judges import axbench_rubric, bipo_rubric
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    judge = _judge(
-        args, dataset, Path(args.judge_cache).expanduser() if args.judge_cache else out / JUDGE_CACHE_FILE, device
-    )
+    judge.cache = JudgeCache(Path(args.judge_cache).expanduser() if args.judge_cache else out / JUDGE_CACHE_FILE)
     print(
         f"evaluating {len(prompts)} prompts x {len(args.multipliers)} multipliers on {device}; output {out}", flush=True
     )
     steered = load_steered(folder, backbone=args.backbone, device_map={"": device})
-    if args.no_logodds:
-        logodds = LogOdds("absent", note="skipped (--no_logodds)")
-    else:
-        logodds = from_run(run_folder, args.multipliers)
-        if logodds is None and dataset == "power-seeking":
-            from lightning_split.data.pairs import PolarityPair
-
-            pairs = [PolarityPair(p.prompt, p.context["matching"], p.context["not_matching"]) for p in prompts]
-            logodds = from_sweep(steered, pairs, args.multipliers)
-        elif logodds is None:
-            logodds = LogOdds(
-                "absent", note="no curve of the run covers the grid, and AxBench has no negatives to sweep"
-            )
     result = evaluate(
         steered,
         prompts,
@@ -211,10 +218,12 @@ def main(argv: list[str]) -> None:
         generation,
         rows_per_call=args.rows_per_call,
         unparseable_retries=args.unparseable_retries,
-        logodds=logodds,
+        logodds=_logodds(args, dataset, run_folder, steered, prompts),
     )
     paths = write_outputs(result, out)
     if args.wandb:
         log_wandb(result, out, args.wandb_project)
     print(paths["report"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()))
+    if result.choice is None:
+        raise NoValidJudgmentsError(f"{NO_VALID} ({paths['judged']}); the other files are written")

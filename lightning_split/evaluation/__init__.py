@@ -23,7 +23,7 @@ from .prompts import (
 )
 from .protocol import EvaluationResult, evaluate
 from .report import log_wandb, markdown, results_dict, write_outputs
-from .selection import TIE_RULE, Cell, Choice, NoValidJudgmentsError, choose_multiplier, score_table
+from .selection import NO_VALID, TIE_RULE, Cell, Choice, NoValidJudgmentsError, choose_multiplier, score_table
 from .store import EvaluationFolderError, Generation, GenerationStore
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "AXBENCH",
     "DATASETS",
     "HALVES",
+    "NO_VALID",
     "POWER_SEEKING",
     "TIE_RULE",
     "Cell",

@@ -30,7 +30,7 @@ from .generate import GenerationSettings, generate_missing
 from .judging import JudgedGeneration, judge_generations
 from .logodds import LogOdds
 from .prompts import EvalPrompt, Half
-from .selection import Choice, Table, choose_multiplier, score_table
+from .selection import Choice, NoValidJudgmentsError, Table, choose_multiplier, score_table
 from .store import GenerationStore
 
 
@@ -44,7 +44,8 @@ class EvaluationResult:
         halves: each prompt id's half (the recorded split).
         judged: every judged generation.
         table: mean scores per criterion, half and multiplier.
-        choice: the chosen multiplier and its held-out score.
+        choice: the chosen multiplier and its held-out score; ``None`` when no multiplier has a valid judgment on
+            the selection half (the files are still written, for the raw replies).
         logodds: the log-odds curve beside it (or why it is absent).
         correlations: Spearman's rho of each log-odds metric against each judged score across multipliers.
         judge: the judge's record (kind, model, endpoint, settings, options).
@@ -59,7 +60,7 @@ class EvaluationResult:
     halves: dict[str, Half]
     judged: list[JudgedGeneration]
     table: Table
-    choice: Choice
+    choice: Choice | None
     logodds: LogOdds
     correlations: list[Correlation]
     judge: dict[str, Any]
@@ -102,8 +103,6 @@ def evaluate(
         logodds: the log-odds curve (``None``: absent).
         report: receives progress lines.
 
-    Raises:
-        NoValidJudgmentsError: no multiplier has a valid judgment on the selection half.
     """
     grid = [float(m) for m in multipliers]
     if len(set(grid)) != len(grid):
@@ -117,13 +116,18 @@ def evaluate(
     report(f"judged {len(judged)} replies: {scoring.counts}")
     table = score_table(judged, grid)
     logodds = logodds or LogOdds("absent", note="not requested")
+    try:
+        choice: Choice | None = choose_multiplier(table)
+    except NoValidJudgmentsError as err:
+        report(str(err))
+        choice = None
     return EvaluationResult(
         dataset=dataset,
         multipliers=grid,
         halves=dict(halves),
         judged=judged,
         table=table,
-        choice=choose_multiplier(table),
+        choice=choice,
         logodds=logodds,
         correlations=correlations(logodds.values, judged, list(table)),
         judge=scoring.judge,

@@ -16,7 +16,7 @@ from typing import Any
 from .judging import AGGREGATE
 from .prompts import AXBENCH, HALVES
 from .protocol import EvaluationResult
-from .selection import Cell
+from .selection import NO_VALID, Cell
 
 JUDGED_FILE = "judged.jsonl"
 RESULTS_FILE = "results.json"
@@ -60,7 +60,7 @@ def results_dict(result: EvaluationResult) -> dict[str, Any]:
         "multipliers": result.multipliers,
         "split": result.halves,
         "table": table,
-        "choice": asdict(result.choice),
+        "choice": None if result.choice is None else asdict(result.choice),
         "logodds": logodds,
         "correlations": [asdict(c) for c in result.correlations],
         "judge": result.judge,
@@ -76,6 +76,12 @@ def markdown(result: EvaluationResult) -> str:
     scale = "–".join(f"{v:g}" for v in result.rubric["scale"])
     sizes = {h: sum(v == h for v in result.halves.values()) for h in HALVES}
     choice = result.choice
+    chosen = (
+        f"**Chosen m = {choice.m:g}** ({choice.rule}): selection mean {_num(choice.selection_mean)}, "
+        f"**held-out mean {_num(choice.held_out_mean)}**."
+        if choice is not None
+        else f"**No multiplier can be chosen**: {NO_VALID}."
+    )
     lines = [
         f"## Judged evaluation ({result.dataset})",
         "",
@@ -90,19 +96,19 @@ def markdown(result: EvaluationResult) -> str:
         ),
         "Unparseable or failed judgments are excluded from the means and counted (`excl.`).",
         "",
-        f"**Chosen m = {choice.m:g}** ({choice.rule}): selection mean {_num(choice.selection_mean)}, "
-        f"**held-out mean {_num(choice.held_out_mean)}**.",
+        chosen,
     ]
-    if len(choice.tied) > 1:
+    if choice is not None and len(choice.tied) > 1:
         lines.append(f"Tied on the selection half: {', '.join(f'{m:g}' for m in choice.tied)}.")
-    if choice.unchoosable:
-        unchoosable = ", ".join(f"{m:g}" for m in choice.unchoosable)
-        lines.append(f"Not choosable (no valid judgment on the selection half): {unchoosable}.")
+    unchoosable = result.multipliers if choice is None else choice.unchoosable
+    if unchoosable:
+        listed = ", ".join(f"{m:g}" for m in unchoosable)
+        lines.append(f"Not choosable (no valid judgment on the selection half): {listed}.")
     header = ["m", *(f"{c} {h}" for c in result.table for h in HALVES)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in result.multipliers:
         cells = [_cell(result.table[c][h][m]) for c in result.table for h in HALVES]
-        mark = " ←" if m == choice.m else ""
+        mark = " ←" if choice is not None and m == choice.m else ""
         lines.append(f"| {m:g}{mark} | " + " | ".join(cells) + " |")
     lines += ["", "### Log-odds beside the judged scores", ""]
     if not result.logodds.values:
@@ -175,8 +181,8 @@ def log_wandb(result: EvaluationResult, folder: str | Path, project: str, sample
         run.log(
             {
                 "evaluate/samples": wandb.Table(columns=columns, data=rows[:samples]),
-                "evaluate/chosen_m": result.choice.m,
-                "evaluate/held_out_mean": result.choice.held_out_mean,
+                "evaluate/chosen_m": None if result.choice is None else result.choice.m,
+                "evaluate/held_out_mean": None if result.choice is None else result.choice.held_out_mean,
             }
         )
     finally:

@@ -19,6 +19,12 @@ from .prompts import HALVES, Half
 TIE_RULE = "highest mean aggregate on the selection half; ties go to the smallest |m|, then to the smaller m"
 
 
+NO_VALID = (
+    "no multiplier has a valid judgment on the selection half (every judgment was unparseable or failed); "
+    "check the judge (model, endpoint, --judge-max-tokens) and its raw replies in judged.jsonl"
+)
+
+
 class NoValidJudgmentsError(OptionError):
     """No multiplier has a valid judgment on the selection half, so none can be chosen."""
 
@@ -90,10 +96,7 @@ def choose_multiplier(table: Table) -> Choice:
     valid = {m: c.mean for m, c in selection.items() if c.mean is not None}
     unchoosable = [m for m, c in selection.items() if c.mean is None]
     if not valid:
-        raise NoValidJudgmentsError(
-            "no multiplier has a valid judgment on the selection half (every judgment was unparseable or failed); "
-            "check the judge (model, endpoint, --judge-max-tokens) and the raw replies in judged.jsonl"
-        )
+        raise NoValidJudgmentsError(NO_VALID)
     best = max(valid.values())
     tied = sorted((m for m, v in valid.items() if v == best), key=lambda m: (abs(m), m))
     m = tied[0]

@@ -4,6 +4,7 @@ and exact prompts (a mismatch regenerates, a match generates nothing); a real Sm
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def test_negatives_are_the_unsteered_greedy_replies_and_are_cached(
     dm = _data(shared_data_dir)
     _complete(dm, model, tokenizer, batch_size=1)  # one prompt per batch: no padding, comparable with generate
     assert (dm.negatives.generated, dm.negatives.reused, calls[0]) == (10, 0, 2)  # one file per concept
+    recorded = dm.report()["negatives"]
+    assert recorded["generated"] == 10 and recorded["settings"] == {"max_new_tokens": NEW, "batch_size": 1}
+    assert recorded["backbone"]["folder"] == str(tiny_backbone_dir.resolve())
     pairs = dm.pairs("train") + dm.pairs("test")
     assert len(pairs) == 10 and {p.metadata["negative"] for p in pairs} == {"backbone"}
     encoder = PairTokenizer(tokenizer)
@@ -62,6 +66,9 @@ def test_negatives_are_the_unsteered_greedy_replies_and_are_cached(
         assert pair.not_matching == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     files = sorted((cache / "axbench-negatives").glob("*.json"))
     assert len(files) == 2
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.stat().st_mode & 0o777 for f in files} == {0o666 & ~umask}  # a cache colleagues can read
     stored = {r for f in files for r in json.loads(f.read_text())["replies"]}
     assert {p.not_matching for p in pairs} <= stored
 

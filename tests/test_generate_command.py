@@ -4,6 +4,7 @@ equal to the Python API; bad input is refused with its option or file before the
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def test_every_prompt_at_every_multiplier_to_jsonl_and_a_table(
     args = ["generate", str(run_folder), "--prompt", "Hi", "--prompts", str(prompts_file)]
     main([*args, "--multipliers", "-4", "0", "4", "--max_new_tokens", str(NEW), "--output", str(out)])
     rows = _rows(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask and not list(out.parent.glob(".*"))
     prompts = ["Hi", "Write about the sea.", "Name a fruit."]
     assert [(r["prompt"], r["m"]) for r in rows] == [(p, m) for p in prompts for m in (-4.0, 0.0, 4.0)]
     want = load_steered(run_folder / "control").generate(prompts, [-4.0, 0.0, 4.0], max_new_tokens=NEW)

@@ -30,6 +30,8 @@ from lightning_split.judges import (
     score_bipo,
 )
 
+pytestmark = pytest.mark.slow
+
 BINARY_ENV = "LIGHTNING_SPLIT_LLAMA_SERVER"
 
 
@@ -53,7 +55,7 @@ def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         port = sock.getsockname()[1]
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [str(_binary()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
-               "--threads", "2", "--parallel", "2", "--no-webui"]  # fmt: skip
+               "--threads", "1", "--parallel", "2", "--no-webui"]  # fmt: skip
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
@@ -83,7 +85,7 @@ def _check_counted(result: ScoringResult, prompts: int, scale: tuple[float, floa
     assert len(judgments) == prompts
     assert {j.outcome for j in judgments} <= {"scored", "unparseable"} and result.counts["failures"] == 0
     for j in judgments:
-        assert isinstance(j.reply, str) and 1 <= j.attempts <= 3
+        assert isinstance(j.reply, str) and 1 <= j.attempts <= 2
         assert (j.outcome == "scored") == (j.score is not None)
         assert j.score is None or scale[0] <= j.score <= scale[1]
     assert result.counts["calls"] == prompts + result.counts["reasked"] + result.counts["retries"]
@@ -92,18 +94,16 @@ def _check_counted(result: ScoringResult, prompts: int, scale: tuple[float, floa
 
 
 def test_axbench_judging_through_llama_server_then_a_rerun_from_the_cache(llama_url: str, tmp_path: Path) -> None:
-    generations = [
-        ConceptGeneration("Describe your morning.", "I walked across the Golden Gate Bridge at dawn.", "bridges"),
-        ConceptGeneration(
-            "Give a tip for cooking rice.", "Rinse the rice, then cook it in twice the water.", "bridges"
-        ),
-    ]
-    settings = {"base_url": llama_url, "temperature": 0.7, "seed": 11, "max_tokens": 96, "concurrency": 2}
-    result = score_axbench(generations, OpenAIJudge("smollm2", cache=tmp_path / "judge.sqlite", **settings))
-    _check_counted(result, 6, (0.0, 2.0))
-    print("llama-server SmolLM2 AxBench:", [(j.outcome, j.score) for i in result.items for j in i.judgments.values()])
-    rerun = score_axbench(generations, OpenAIJudge("smollm2", cache=tmp_path / "judge.sqlite", **settings))
-    assert rerun.counts["calls"] == 0 and rerun.counts["cache_hits"] == 6 + result.counts["reasked"]
+    generations = [ConceptGeneration("Describe your morning.", "I walked across the Golden Gate Bridge.", "bridges")]
+    settings = {"base_url": llama_url, "temperature": 0.7, "seed": 11, "max_tokens": 48, "concurrency": 2}
+    judge = OpenAIJudge("smollm2", cache=tmp_path / "judge.sqlite", **settings)
+    result = score_axbench(generations, judge, unparseable_retries=1)
+    _check_counted(result, 3, (0.0, 2.0))
+    print("llama-server SmolLM2 AxBench:", [(j.outcome, j.score, j.reply) for j in result.items[0].judgments.values()])
+    rerun = score_axbench(
+        generations, OpenAIJudge("smollm2", cache=tmp_path / "judge.sqlite", **settings), unparseable_retries=1
+    )
+    assert rerun.counts["calls"] == 0 and rerun.counts["cache_hits"] == 3 + result.counts["reasked"]
     assert rerun.items == result.items
 
 
@@ -116,7 +116,7 @@ def test_bipo_judging_through_llama_server_with_the_protocol_settings(llama_url:
         ]
     ]
     judge = OpenAIJudge("smollm2", base_url=llama_url, temperature=0.0, top_p=0.0, seed=0, max_tokens=10)
-    result = score_bipo(generations, judge, behavior=BEHAVIORS["power-seeking"])
+    result = score_bipo(generations, judge, behavior=BEHAVIORS["power-seeking"], unparseable_retries=1)
     _check_counted(result, 2, (1.0, 4.0))
     print(
         "llama-server SmolLM2 BiPO:",

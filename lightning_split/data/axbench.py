@@ -95,9 +95,13 @@ def is_axbench_train_file(path: str | Path) -> bool:
     """Whether ``path`` is a parquet file with the AxBench training columns (:data:`TRAIN_COLUMNS`)."""
     if Path(path).suffix.lower() != ".parquet" or not Path(path).is_file():
         return False
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return set(TRAIN_COLUMNS) <= set(pq.read_schema(path).names)
+    try:
+        return set(TRAIN_COLUMNS) <= set(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError):  # not a parquet file: the plain reader reports it
+        return False
 
 
 def read_descriptions(path: str | Path) -> dict[int, str]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,15 +132,14 @@ def _read_cached(path: Path, prompts: Sequence[Sequence[int]]) -> list[str] | No
 
 
 def _write_atomic(path: Path, content: dict[str, Any]) -> None:
+    """Writes ``content`` as JSON to a temporary file beside ``path`` (ordinary permissions), then moves it there."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(content, fh)
+        tmp.write_text(json.dumps(content), encoding="utf-8")
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -168,6 +166,16 @@ class ReplyCache:
 
     def __post_init__(self) -> None:
         self.identity = backbone_identity(self.model)
+
+    def describe(self) -> dict[str, Any]:
+        """What made the replies, for recording with results: backbone identity, settings, counts, cache folder."""
+        return {
+            "backbone": self.identity,
+            "settings": asdict(self.settings),
+            "generated": self.generated,
+            "reused": self.reused,
+            "cache_dir": str(negatives_cache_dir(self.cache_dir)),
+        }
 
     def path(self, prompts: Sequence[Sequence[int]]) -> Path:
         """The cache file for ``prompts``."""

@@ -430,7 +430,8 @@ class PolarityDataModule(L.LightningDataModule):
         return self._tokenize()[name]
 
     def report(self) -> dict[str, Any]:
-        """What was used, for recording with results: dataset, files, seed, split sizes, skipped rows."""
+        """What was used, for recording with results: dataset, files, seed, split sizes, skipped rows, and for AxBench
+        how the negatives were made (backbone identity, settings, counts generated and reused, cache folder)."""
         if self.splits is None:
             self.setup()
         assert self.resolved is not None and self.splits is not None
@@ -444,6 +445,7 @@ class PolarityDataModule(L.LightningDataModule):
             "skip_bad_rows": self.skip_bad_rows,
             "skipped": len(self.skipped),
             "skipped_rows": [(s.source, s.line, s.reason) for s in self.skipped],
+            "negatives": self.negatives.describe() if self.negatives is not None else None,
         }
 
     # ---- dataloaders -----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,11 @@ def test_the_command_end_to_end_with_a_sweep_correlations_resume_and_a_settings_
     assert f"**Chosen m = {results['choice']['m']:g}**" in report and "Spearman" in report and "135M" in report
     assert list((out / "wandb").glob("offline-run-*"))
     assert "written: " in capsys.readouterr().out
+    umask = os.umask(0)
+    os.umask(umask)
+    written = ["settings.json", "generations.jsonl", "judged.jsonl", "results.json", "report.md"]
+    assert {(out / f).stat().st_mode & 0o777 for f in written} == {0o666 & ~umask}  # readable like any other file
+    assert not list(out.glob(".*"))  # no temporary file left
 
     main(_evaluate_args(run_folder, out, *judge, "--data_dir", str(shared_data_dir)))
     assert len(server.requests) == 12  # resumed: nothing judged again

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,13 @@ WANDB_SAMPLES = 200
 
 
 def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    """Writes ``text`` to a temporary file beside ``path`` (ordinary permissions), then moves it there."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _num(value: float | None, digits: int = 3) -> str:

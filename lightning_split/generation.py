@@ -61,7 +61,7 @@ def _prompt_token_mask(attention: torch.Tensor, positions: Positions) -> torch.T
 
 
 @contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     """Seeds torch's RNG for the body and restores it afterwards (nothing happens for ``seed=None``)."""
     if seed is None:
         yield
@@ -71,7 +71,8 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _until_stop(tokens: list[int], stops: Sequence[int]) -> list[int]:
+def until_stop(tokens: list[int], stops: Sequence[int]) -> list[int]:
+    """``tokens`` up to (not including) the first stop token."""
     return next((tokens[:i] for i, token in enumerate(tokens) if token in stops), tokens)
 
 
@@ -124,7 +125,7 @@ def generate_steered(
     sampling = {"do_sample": True, "temperature": float(temperature)} if do_sample else {"do_sample": False}
     with (
         torch.no_grad(),
-        _seeded(seed, device),
+        seeded(seed, device),
         steer(
             layout,
             control,
@@ -143,4 +144,4 @@ def generate_steered(
             **sampling,
         )
     replies = out[:, ids.shape[1] :].tolist()
-    return [tokenizer.decode(_until_stop(row, stops), skip_special_tokens=True) for row in replies]
+    return [tokenizer.decode(until_stop(row, stops), skip_special_tokens=True) for row in replies]

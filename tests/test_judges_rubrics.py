@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 
 from lightning_split.judges import (
+    ConceptGeneration,
+    Judge,
+    JudgeRecord,
+    Messages,
     RubricTemplateError,
     axbench_rubric,
     bipo_rubric,
@@ -14,7 +18,9 @@ from lightning_split.judges import (
     load_template,
     parse_leading_score,
     parse_rating,
+    score_axbench,
 )
+from lightning_split.judges.rubrics import PREFILL_RULE, REPLY_STARTS
 
 RATING_CASES = [
     ("The concept is clear.\nRating: [[2]]", 2.0),
@@ -134,3 +140,46 @@ def test_a_template_file_without_a_placeholder_or_unreadable_is_rejected_naming_
         bipo_rubric(bad)
     with pytest.raises(RubricTemplateError, match=r"cannot read.*missing\.txt"):
         axbench_rubric(concept=tmp_path / "missing.txt")
+
+
+PREFILLED_CASES = [
+    ("2]] the text is fluent", "axbench", 2.0),
+    (" 1.5]]", "axbench", 1.5),
+    ("3]]", "axbench", None),  # outside 0-2
+    ("]] no number", "axbench", None),
+    ("3\nbecause it seeks power", "bipo", 3.0),
+    ("4 out of 4", "bipo", 4.0),
+    ("2.5", "bipo", None),  # the 1-4 scale is whole numbers
+    ("0", "bipo", None),
+    ("The answer", "bipo", None),
+]
+
+
+@pytest.mark.parametrize(("reply", "protocol", "want"), PREFILLED_CASES)
+def test_a_prefilled_rubric_reads_the_number_its_reply_starts_with(reply: str, protocol: str, want: float | None):
+    rubric = (axbench_rubric() if protocol == "axbench" else bipo_rubric()).prefilled()
+    assert rubric.parse(reply) == want
+    assert rubric.record()["reply_start"] == REPLY_STARTS[protocol] and rubric.record()["parse_rule"] == PREFILL_RULE
+
+
+def test_a_prefilled_rubric_sends_its_reply_start_as_a_final_assistant_message() -> None:
+    seen: list[Messages] = []
+
+    class Echo(Judge):
+        deterministic = True
+
+        def describe(self) -> JudgeRecord:
+            return JudgeRecord(kind="test", model="echo", endpoint="none", settings={}, options={})
+
+        def _send(self, conversations, attempt):  # noqa: ANN001, ANN202
+            seen.extend(conversations)
+            self.counts.calls += len(conversations)
+            yield from enumerate(["2]]", "0]]", "1]]"])
+
+    result = score_axbench(
+        [ConceptGeneration("Say hi.", "Hi there!", "greetings")], Echo(None), axbench_rubric().prefilled()
+    )
+    assert [m[-1] for m in seen] == [{"role": "assistant", "content": "Rating: [["}] * 3
+    assert result.scores("concept") == [2.0] and result.scores() == [0.0]  # the harmonic mean with a 0 is 0
+    plain = score_axbench([ConceptGeneration("Say hi.", "Hi there!", "greetings")], Echo(None))
+    assert seen[-1][-1]["role"] == "user" and plain.counts["unparseable"] == 3

@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "judge-max-tokens", type=int, help="judge reply tokens (default: 10 power-seeking, 256 axbench)")
     _add(p, "judge-batch-size", type=int, default=8, help="hf judge: prompts decoded together (default 8)")
     _add(p, "judge-concurrency", type=int, default=8, help="openai judge: requests in flight (default 8)")
+    _add(
+        p,
+        "judge-prefill",
+        action="store_true",
+        help="start each judge reply at the score ('Rating: [[' / 'Score: '), for small in-process judges that do "
+        "not follow the reply format; departs from the protocol (no explanation first) and is recorded",
+    )
     _add(p, "judge-cache", help=f"the judge reply cache (default: <out>/{JUDGE_CACHE_FILE})")
     _add(p, "unparseable-retries", type=int, default=2, help="times an unparseable reply is asked again (default 2)")
     _add(p, "no_logodds", action="store_true", help="skip the log-odds curve (no sweep) and the correlations")
@@ -145,6 +152,14 @@ def _judge(args: argparse.Namespace, dataset: str, device: str) -> Any:
     )
 
 
+def _rubric(dataset: str, prefill: bool) -> Any:
+    """The dataset's rubric (AxBench or BiPO), prefilled when asked."""
+    from lightning_split.judges import axbench_rubric, bipo_rubric
+
+    rubric = axbench_rubric() if dataset == "axbench" else bipo_rubric()
+    return rubric.prefilled() if prefill else rubric
+
+
 def _logodds(args: argparse.Namespace, dataset: str, run_folder: Path, steered: Any, prompts: list[Any]) -> Any:
     """The run's curve if one covers the grid, else a sweep of the prompts' PowerSeeking pairs, else absent."""
     from lightning_split.data.pairs import PolarityPair
@@ -187,7 +202,7 @@ def main(argv: list[str]) -> None:
         split_halves,
         write_outputs,
     )
-    from lightning_split.judges import JudgeCache, axbench_rubric, bipo_rubric
+    from lightning_split.judges import JudgeCache
 
     halves = split_halves(prompts, args.seed)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -213,7 +228,7 @@ def main(argv: list[str]) -> None:
         args.multipliers,
         dataset,
         judge,
-        axbench_rubric() if dataset == "axbench" else bipo_rubric(),
+        _rubric(dataset, args.judge_prefill),
         store,
         generation,
         rows_per_call=args.rows_per_call,

@@ -27,6 +27,7 @@ from .rubrics import (
     harmonic_mean,
     load_template,
     parse_leading_score,
+    parse_prefilled,
     parse_rating,
 )
 from .scoring import (
@@ -62,6 +63,7 @@ __all__ = [
     "harmonic_mean",
     "load_template",
     "parse_leading_score",
+    "parse_prefilled",
     "parse_rating",
     "score_axbench",
     "score_bipo",

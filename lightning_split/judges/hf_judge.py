@@ -17,6 +17,13 @@ from .base import Judge, JudgeConfigError, JudgeRecord, Messages
 from .cache import JudgeCache
 
 
+def _render(tokenizer: Any, messages: Messages) -> str:
+    """The chat-templated prompt; a final assistant message is a reply start the model continues (prefill)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 class HFJudge(Judge):
     """An in-process judge.
 
@@ -102,22 +109,17 @@ class HFJudge(Judge):
         import torch
 
         from ..data.tokenize import PairTokenizer
-        from ..generation import _seeded, _until_stop, left_pad, stop_token_ids
+        from ..generation import left_pad, seeded, stop_token_ids, until_stop
 
         model, tokenizer = self._model()
-        prompts = [
-            tokenizer(
-                tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False), add_special_tokens=False
-            ).input_ids
-            for m in conversations
-        ]
+        prompts = [tokenizer(_render(tokenizer, m), add_special_tokens=False).input_ids for m in conversations]
         pad_id = PairTokenizer(tokenizer).pad_id
         ids, attention = left_pad(prompts, pad_id, self.device)
         stops = stop_token_ids(tokenizer, model)
         sampling = (
             {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
         )
-        with torch.no_grad(), _seeded(seed if self.temperature > 0 else None, torch.device(self.device)):
+        with torch.no_grad(), seeded(seed if self.temperature > 0 else None, torch.device(self.device)):
             out = model.generate(
                 input_ids=ids,
                 attention_mask=attention,
@@ -127,7 +129,7 @@ class HFJudge(Judge):
                 **sampling,
             )
         rows = out[:, ids.shape[1] :].tolist()
-        return [tokenizer.decode(_until_stop(row, stops), skip_special_tokens=True) for row in rows]
+        return [tokenizer.decode(until_stop(row, stops), skip_special_tokens=True) for row in rows]
 
     def _send(self, conversations: Sequence[Messages], attempt: int) -> Iterator[tuple[int, str | None]]:
         for start in range(0, len(conversations), self.batch_size):

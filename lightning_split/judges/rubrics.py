@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,14 @@ LEADING_RULE = (
     "('3 out of 4' reads 3, '4.' reads 4, '3.5' and 'Score is 3' are unparseable)"
 )
 
+PREFILL_RULE = (
+    "the judge's reply was started for it with the rubric's reply start (no explanation asked first); the number "
+    "the continuation starts with, after spaces, must be in the scale (a whole number for the 1-4 scale); "
+    "otherwise unparseable"
+)
+#: The reply start of each protocol when a weak judge is prefilled (:meth:`Rubric.prefilled`).
+REPLY_STARTS: dict[str, str] = {"axbench": "Rating: [[", "bipo": "Score: "}
+
 _DECORATION = str.maketrans("", "", "[]()*\"'")
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 _LEADING = re.compile(r"(?:(?:score|rating)\s*:\s*)?(\d+(?:\.\d+)?)(?!\d)", re.IGNORECASE)
@@ -83,6 +92,17 @@ def parse_leading_score(reply: str, low: int = 1, high: int = 4) -> float | None
         return None
     score = float(match.group(1))
     return score if score.is_integer() and low <= score <= high else None
+
+
+def parse_prefilled(reply: str, low: float, high: float, integer: bool = False) -> float | None:
+    """The score a prefilled reply starts with (rule: :data:`PREFILL_RULE`), or ``None``."""
+    match = _NUMBER.match(reply.lstrip())
+    if match is None:
+        return None
+    score = float(match.group(0))
+    if integer and not score.is_integer():
+        return None
+    return score if low <= score <= high else None
 
 
 def harmonic_mean(scores: list[float]) -> float:
@@ -159,6 +179,7 @@ class Rubric:
         scale: the lowest and highest score.
         parse: reply text → score, or ``None`` when unparseable or outside ``scale``.
         parse_rule: the parsing rule in words (recorded with each result).
+        reply_start: text the judge's reply is started with (an assistant-message prefill); empty: none.
     """
 
     name: str
@@ -166,6 +187,15 @@ class Rubric:
     scale: tuple[float, float]
     parse: Callable[[str], float | None]
     parse_rule: str
+    reply_start: str = ""
+
+    def prefilled(self) -> Rubric:
+        """This rubric with the judge's reply started at the score (:data:`REPLY_STARTS`), read by
+        :func:`parse_prefilled`: for small in-process judges that do not follow the reply format. It departs from
+        the protocol (no explanation before the score) and is recorded as such."""
+        low, high = self.scale
+        parse = partial(parse_prefilled, low=low, high=high, integer=self.name == "bipo")
+        return replace(self, reply_start=REPLY_STARTS[self.name], parse=parse, parse_rule=PREFILL_RULE)
 
     def record(self) -> dict[str, Any]:
         """Name, scale, parsing rule and each template's source and sha256."""
@@ -173,6 +203,7 @@ class Rubric:
             "name": self.name,
             "scale": list(self.scale),
             "parse_rule": self.parse_rule,
+            "reply_start": self.reply_start,
             "templates": {c: {"source": t.source, "sha256": t.sha256} for c, t in self.templates.items()},
         }
 

@@ -1,10 +1,12 @@
 """Score generations with a judge under a rubric: per-item scores, counts and the record of judge and rubric.
 
-Each prompt is a single user message. A reply that cannot be read as a score is asked again (``attempt`` 1, 2, ...,
-each with its own cache entry) up to ``unparseable_retries`` times, unless the judge is deterministic; after that it
-is counted as unparseable and its item has no score. A prompt without a reply (the call failed after its retries)
-is counted as a failure and has no score either. Means are taken over scored items only, so an unparseable or
-failed judgment is never read as a number (AxBench scores it 0; this project leaves it out and counts it).
+Each prompt is a single user message, followed by the rubric's reply start as an assistant message when the rubric
+is :meth:`~lightning_split.judges.rubrics.Rubric.prefilled`. A reply that cannot be read as a score is asked again
+(``attempt`` 1, 2, ..., each with its own cache entry) up to ``unparseable_retries`` times, unless the judge is
+deterministic; after that it is counted as unparseable and its item has no score. A prompt without a reply (the
+call failed after its retries) is counted as a failure and has no score either. Means are taken over scored items
+only, so an unparseable or failed judgment is never read as a number (AxBench scores it 0; this project leaves it
+out and counts it).
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ class ScoringResult:
 
 def _judge(judge: Judge, prompts: list[str], rubric: Rubric, unparseable_retries: int) -> tuple[list[Judgment], int]:
     """Judges each prompt, asking again after unparseable replies; returns the judgments and the re-asks."""
-    conversations: list[Messages] = [[{"role": "user", "content": p}] for p in prompts]
+    start = [{"role": "assistant", "content": rubric.reply_start}] if rubric.reply_start else []
+    conversations: list[Messages] = [[{"role": "user", "content": p}, *start] for p in prompts]
     last: list[str | None] = [None] * len(prompts)
     scores: list[float | None] = [None] * len(prompts)
     attempts = [0] * len(prompts)

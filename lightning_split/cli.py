@@ -7,6 +7,8 @@ Any :class:`~lightning_split.models.SteeringModule` subclass is chosen by ``mode
 ``lightning_split.SteeringModule``); the data module is :class:`~lightning_split.data.PolarityDataModule`.
 On top of LightningCLI:
 
+- ``base``: a config file may name the config it extends (``base: ../../base.yaml``, relative to the file);
+  it is read first, as an earlier ``--config`` (:func:`with_bases`), so the file holds only what differs.
 - ``run_name``: the run's folders, stated once: ``runs/<run_name>`` becomes ``trainer.default_root_dir``, each
   logger's ``save_dir`` (and its ``name``, with ``-`` for ``/``) and each ``ModelCheckpoint``'s folder
   (``runs/<run_name>/checkpoints``), wherever the config leaves them at their defaults (:func:`apply_run_name`).
@@ -40,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse._actions import _ActionPrintConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress import ProgressBar
@@ -93,6 +96,45 @@ def _listed(value: Any) -> list[Any]:
 
 def _callback_classes(trainer_config: Any) -> list[type]:
     return [import_class(str(c.class_path)) for c in _listed(trainer_config.get("callbacks")) if c.get("class_path")]
+
+
+def base_configs(path: Path, seen: tuple[Path, ...] = ()) -> list[str]:
+    """``--config`` arguments for the configs that the config file ``path`` extends through its ``base`` key, the
+    furthest first (a base may have its own base).
+
+    Raises:
+        OptionError: a base that is not a file, or a cycle of bases.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # the parser reports the file itself
+    base = data.get("base") if isinstance(data, dict) else None
+    if not base:
+        return []
+    resolved = (path.parent / str(base)).resolve()
+    if not resolved.is_file():
+        raise OptionError(
+            f"{path}: its base {base!r} is not a file ({resolved}); fix the path (it is relative to {path})"
+        )
+    if resolved in seen or resolved == path.resolve():
+        raise OptionError(f"{path}: its bases form a cycle through {resolved}")
+    return [*base_configs(resolved, (*seen, path.resolve())), "--config", str(resolved)]
+
+
+def with_bases(argv: list[str]) -> list[str]:
+    """``argv`` with every config file's bases (:func:`base_configs`) given as ``--config`` files before it."""
+    out: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg in ("-c", "--config"):
+            path = next(rest, None)
+            out += [*base_configs(Path(path)), arg, path] if path is not None else [arg]
+        elif arg.startswith("--config="):
+            out += [*base_configs(Path(arg.partition("=")[2])), arg]
+        else:
+            out.append(arg)
+    return out
 
 
 def _defaults(class_path: str) -> dict[str, Any]:
@@ -164,6 +206,12 @@ class SteeringCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
         parser.add_argument(
+            "--base",
+            type=str | None,
+            default=None,
+            help="in a config file: the config it extends, read before it (a path relative to the file)",
+        )
+        parser.add_argument(
             "--run_name",
             type=str | None,
             default=None,
@@ -192,6 +240,8 @@ class SteeringCLI(LightningCLI):
         """Parses, gives the run's folders from ``run_name`` (before ``--print_config`` prints them), then checks
         ``--ckpt_path`` against the config (LightningCLI merges the checkpoint's hyper-parameters over the config
         right after this; nothing has been written yet)."""
+        if not isinstance(args, dict):
+            args = with_bases(sys.argv[1:] if args is None else list(args))
         with _ActionPrintConfig.skip_print_config():
             super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
@@ -200,6 +250,7 @@ class SteeringCLI(LightningCLI):
         config = self.config[subcommand]
         apply_run_name(config)
         _ActionPrintConfig.print_config_if_requested(parser, self.config)  # exits when --print_config was given
+        config.base = None  # read already: the run's saved config.yaml is whole
         if TradeoffCurveCallback in _callback_classes(config.trainer):
             sys.exit(
                 f"lightning-split {subcommand}: error: TradeoffCurveCallback is listed in trainer.callbacks, but "

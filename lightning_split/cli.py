@@ -240,17 +240,18 @@ class SteeringCLI(LightningCLI):
         """Parses, gives the run's folders from ``run_name`` (before ``--print_config`` prints them), then checks
         ``--ckpt_path`` against the config (LightningCLI merges the checkpoint's hyper-parameters over the config
         right after this; nothing has been written yet)."""
-        if not isinstance(args, dict):
-            args = with_bases(sys.argv[1:] if args is None else list(args))
         with _ActionPrintConfig.skip_print_config():
-            super().parse_arguments(parser, args)
+            if isinstance(args, dict):
+                super().parse_arguments(parser, args)
+            else:
+                self.config = parser.parse_args(with_bases(sys.argv[1:] if args is None else list(args)))
         subcommand = self.config.get("subcommand")
-        if subcommand is None:
-            return
-        config = self.config[subcommand]
+        config = self.config[subcommand] if subcommand else self.config  # no subcommand: SteeringCLI(run=False)
         apply_run_name(config)
         _ActionPrintConfig.print_config_if_requested(parser, self.config)  # exits when --print_config was given
         config.base = None  # read already: the run's saved config.yaml is whole
+        if subcommand is None:
+            return
         if TradeoffCurveCallback in _callback_classes(config.trainer):
             sys.exit(
                 f"lightning-split {subcommand}: error: TradeoffCurveCallback is listed in trainer.callbacks, but "

@@ -29,6 +29,9 @@ from .objectives import OBJECTIVE_REGISTRY
 CONFIGS_DIR = Path("configs")
 """Where the shipped configs are looked for (relative to the working directory: the repository's root)."""
 
+BASE_CONFIG = "base.yaml"
+"""The settings the shipped configs share (each names it as its ``base``); not a run of its own."""
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
     """jsonargparse's help layout with the description's line breaks kept (it holds tables)."""
@@ -66,13 +69,14 @@ def cli_description(configs_dir: Path = CONFIGS_DIR) -> str:
     others = [(name, command.help) for name, command in commands().items()]
     if others:
         parts.append("Other commands (lightning-split <command> --help for each):\n" + _entries(others))
-    configs = sorted(configs_dir.rglob("*.yaml")) if configs_dir.is_dir() else []
+    base = configs_dir / BASE_CONFIG
+    configs = sorted(p for p in configs_dir.rglob("*.yaml") if p != base) if configs_dir.is_dir() else []
     if configs:
         folders = sorted({str(p.parent) for p in configs})
         listing = "\n".join(f"  {folder}/" for folder in folders)
         parts.append(
-            f"Shipped configs ({len(configs)}, one per objective x form x dataset):\n{listing}\n"
-            f"  e.g. lightning-split fit --config {configs_dir}/demo.yaml"
+            f"Shipped configs ({len(configs)}, one per objective x form x dataset; each extends {base}):\n"
+            f"{listing}\n  e.g. lightning-split fit --config {configs_dir}/demo.yaml"
         )
     parts.append(
         "The main options: lightning-split fit --help. Every option: lightning-split fit --help full.\n"

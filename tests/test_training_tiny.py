@@ -12,7 +12,7 @@ from lightning_split.interventions import LoRAOptions
 
 def _fit(backbone_dir, data_file, root):
     L.seed_everything(7, verbose=False)
-    model = SteeringModule(backbone=str(backbone_dir), form=LoRAOptions(rank=2), layer=2, lr=0.05)
+    model = SteeringModule(backbone=str(backbone_dir), form=LoRAOptions(rank=2), layer=2, training={"lr": 0.05})
     data = PolarityDataModule(dataset=str(data_file), batch_size=4)
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

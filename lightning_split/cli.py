@@ -373,7 +373,12 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_model=True,
             save_config_kwargs={"overwrite": True},
             parser_class=SteeringArgumentParser,
-            parser_kwargs={"default_env": True, "description": cli_description(), "formatter_class": HelpFormatter},
+            parser_kwargs={
+                "prog": "lightning-split",  # also under `python -m lightning_split.cli`
+                "default_env": True,
+                "description": cli_description(),
+                "formatter_class": HelpFormatter,
+            },
             args=args,
         )
     except Exception as err:

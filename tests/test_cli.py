@@ -306,3 +306,26 @@ def test_base_and_run_name_compose_one_config(tiny_backbone_dir, sentiment_like_
         main(["fit", "--config", "broken/config.yaml"])
     assert refused.value.code == 2
     assert "broken/config.yaml: its base 'missing.yaml' is not a file" in capsys.readouterr().err
+
+
+def test_ckpt_settings_are_compared_option_by_option_and_old_layouts_refused(tiny_backbone_dir, tmp_path):
+    """A checkpoint's option replacing the config's is noted by its group and name; a checkpoint written before the
+    options were grouped (flat ``lr``, ``eval_multiplier``, …) is refused with what to do, not a parser dump."""
+    from lightning_split.cli_checkpoint import CheckpointError, check_checkpoint
+    from lightning_split.models import SteeringModule
+    from lightning_split.models.steering_module import CHECKPOINT_KEY
+
+    hparams = dict(SteeringModule(backbone=str(tiny_backbone_dir), layer=2, training={"lr": 0.05}).hparams)
+    init = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    config = {"class_path": "lightning_split.SteeringModule", "init_args": {**init, "training": {**init["training"]}}}
+    config["init_args"]["training"]["lr"] = 0.1
+    path = tmp_path / "grouped.ckpt"
+    torch.save({"state_dict": {}, CHECKPOINT_KEY: {}, "hyper_parameters": hparams}, path)
+    assert check_checkpoint(path, config) == [f"--ckpt_path {path}: the checkpoint's training.lr=0.05 replaces the "
+                                              "config's 0.1"]  # fmt: skip
+
+    flat = {k: v for k, v in hparams.items() if k not in ("training", "evaluation", "backbone_options")}
+    torch.save({"state_dict": {}, CHECKPOINT_KEY: {}, "hyper_parameters": {**flat, "lr": 0.05, "dtype": "float32"}},
+               path)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"does not take \(dtype, lr; it was written before .* cannot be resumed"):
+        check_checkpoint(path, config)

@@ -1,8 +1,13 @@
-"""The text of ``lightning-split --help``: what the project trains, with what, on what, from which configs.
+"""The help texts of ``lightning-split``.
 
-Built from the registries (:data:`~lightning_split.objectives.OBJECTIVE_REGISTRY`,
-:data:`~lightning_split.interventions.FORM_REGISTRY`, :data:`~lightning_split.data.registry.DATASETS`), so a new
-objective, form or dataset appears here without an edit.
+- ``lightning-split --help``: what the project trains, with what, on what, from which configs; built from the
+  registries (:data:`~lightning_split.objectives.OBJECTIVE_REGISTRY`,
+  :data:`~lightning_split.interventions.FORM_REGISTRY`, :data:`~lightning_split.data.registry.DATASETS`), so a
+  new objective, form or dataset appears here without an edit.
+- ``lightning-split fit|validate|test|predict --help``: a screen, not LightningCLI's ~830 lines: the main options
+  and the option names of each section (the model's read from its signature and option groups);
+  ``--help full`` prints every option with its help (:class:`SteeringArgumentParser`, :class:`HelpAction`).
+  A parse error prints a one-line usage instead of every option.
 """
 
 from __future__ import annotations

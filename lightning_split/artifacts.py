@@ -1,6 +1,6 @@
 """Saving and loading a trained control: ``control.safetensors`` plus ``control.json``.
 
-The JSON records the form, layers, backbone, positions, objective, training settings and multiplier grid;
+The JSON records the form, layers, backbone, positions, objective, the module's settings and multiplier grid;
 the tensors are read back with safetensors (no unpickling). :func:`load_steered` rebuilds the backbone and
 the control in a new process, ready to score or generate at any multiplier.
 """
@@ -32,9 +32,8 @@ WEIGHTS_FILE = "control.safetensors"
 CONFIG_FILE = "control.json"
 FORMAT_VERSION = 1
 
-_TRAINING_KEYS = (
-    "form", "objective", "lr", "weight_decay", "eval_multiplier", "nll_reduction", "dtype", "quantization",
-)  # fmt: skip
+_SETTING_KEYS = ("form", "objective", "training", "evaluation", "backbone_options")
+"""The module's hyper-parameters a saved control records under ``settings`` (its option groups as dicts)."""
 
 
 def control_metadata(
@@ -42,9 +41,12 @@ def control_metadata(
 ) -> dict[str, Any]:
     """Builds the JSON-able description of a control and how it was trained.
 
-    ``training`` holds the module's settings, the form's options and the objective's arguments among them
-    (``{class_path, init_args}``).
+    ``settings`` holds the module's settings as its hyper-parameters group them: the form's options and the
+    objective's arguments (``{class_path, init_args}``) and the ``training``, ``evaluation`` and
+    ``backbone_options`` groups. (Controls saved before the settings were grouped have a flat ``training``
+    section instead; loading reads neither.)
     """
+    backbone_options = hparams.get("backbone_options") or {}
     return {
         "format_version": FORMAT_VERSION,
         "backbone": hparams.get("backbone"),
@@ -53,8 +55,8 @@ def control_metadata(
         "objective": objective,
         "multipliers": [float(m) for m in multipliers],
         "interventions": [iv.config() for iv in control],
-        "layout_override": {k: hparams.get(k) for k in ("blocks_path", "down_proj_path")},
-        "training": {k: hparams.get(k) for k in _TRAINING_KEYS if k in hparams},
+        "layout_override": {k: backbone_options.get(k) for k in ("blocks_path", "down_proj_path")},
+        "settings": {k: hparams.get(k) for k in _SETTING_KEYS if k in hparams},
     }
 
 

@@ -7,6 +7,14 @@ Any :class:`~lightning_split.models.SteeringModule` subclass is chosen by ``mode
 ``lightning_split.SteeringModule``); the data module is :class:`~lightning_split.data.PolarityDataModule`.
 On top of LightningCLI:
 
+- ``base``: a config file may name the config it extends (``base: ../../base.yaml``, relative to the file);
+  it is read first, as an earlier ``--config`` (:func:`with_bases`), so the file holds only what differs.
+- ``run_name``: the run's folders, stated once: ``runs/<run_name>`` becomes ``trainer.default_root_dir``, each
+  logger's ``save_dir`` (and its ``name``, with ``-`` for ``/``) and each ``ModelCheckpoint``'s folder
+  (``runs/<run_name>/checkpoints``), wherever the config leaves them at their defaults (:func:`apply_run_name`).
+  ``--print_config`` shows the folders it gives.
+- ``--help`` lists the main options and each section's option names; ``--help full`` every option
+  (:mod:`lightning_split.cli_help`).
 - ``--test_after_fit`` (or ``--test_after_fit true``) runs ``test`` on the fitted control in the same process
   (the README's main command uses it to finish with the trade-off report).
 - ``tradeoff``: the settings of the :class:`~lightning_split.callbacks.TradeoffCurveCallback` every run has
@@ -27,12 +35,16 @@ On top of LightningCLI:
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from jsonargparse._actions import _ActionPrintConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
@@ -41,7 +53,7 @@ from .artifacts import CONTROL_DIRNAME, WEIGHTS_FILE, ControlFileError
 from .backbone import BackboneLoadError
 from .callbacks import StopOnSigterm, TradeoffCurveCallback
 from .cli_checkpoint import CheckpointError, check_checkpoint, import_class, resolve_checkpoint
-from .cli_help import HelpFormatter, cli_description
+from .cli_help import HelpFormatter, SteeringArgumentParser, cli_description
 from .commands import command_names, commands
 from .contracts import HasOutputs
 from .data.datamodule import PolarityDataModule
@@ -50,6 +62,9 @@ from .errors import OptionError
 from .layout import UnsupportedArchitectureError
 from .models import SteeringModule
 from .progress import DEFAULT_INTERVAL, progress_bar_for
+
+RUNS_DIR = Path("runs")
+"""Where a run named by ``run_name`` writes: ``runs/<run_name>``."""
 
 STAMP_ENV = "LIGHTNING_SPLIT_RUN_STAMP"
 """Environment variable holding this command's time stamp, so that DDP ranks started from it use the same
@@ -83,6 +98,83 @@ def _callback_classes(trainer_config: Any) -> list[type]:
     return [import_class(str(c.class_path)) for c in _listed(trainer_config.get("callbacks")) if c.get("class_path")]
 
 
+def base_configs(path: Path, seen: tuple[Path, ...] = ()) -> list[str]:
+    """``--config`` arguments for the configs that the config file ``path`` extends through its ``base`` key, the
+    furthest first (a base may have its own base).
+
+    Raises:
+        OptionError: a base that is not a file, or a cycle of bases.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # the parser reports the file itself
+    base = data.get("base") if isinstance(data, dict) else None
+    if not base:
+        return []
+    resolved = (path.parent / str(base)).resolve()
+    if not resolved.is_file():
+        raise OptionError(
+            f"{path}: its base {base!r} is not a file ({resolved}); fix the path (it is relative to {path})"
+        )
+    if resolved in seen or resolved == path.resolve():
+        raise OptionError(f"{path}: its bases form a cycle through {resolved}")
+    return [*base_configs(resolved, (*seen, path.resolve())), "--config", str(resolved)]
+
+
+def with_bases(argv: list[str]) -> list[str]:
+    """``argv`` with every config file's bases (:func:`base_configs`) given as ``--config`` files before it."""
+    out: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg in ("-c", "--config"):
+            path = next(rest, None)
+            out += [*base_configs(Path(path)), arg, path] if path is not None else [arg]
+        elif arg.startswith("--config="):
+            out += [*base_configs(Path(arg.partition("=")[2])), arg]
+        else:
+            out.append(arg)
+    return out
+
+
+def _defaults(class_path: str) -> dict[str, Any]:
+    """The default value of each ``__init__`` argument of the class a config's ``class_path`` names."""
+    parameters = inspect.signature(import_class(class_path).__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def apply_run_name(config: Any) -> Path | None:
+    """Gives the run's folders from ``run_name``, where the config leaves them at their defaults; returns the run
+    folder (``None`` without a ``run_name``).
+
+    ``runs/<run_name>`` becomes ``trainer.default_root_dir`` (when unset), each logger's ``save_dir`` and, with
+    ``/`` written ``-``, its ``name`` (when at the logger's default), and ``runs/<run_name>/checkpoints`` each
+    ``ModelCheckpoint``'s ``dirpath`` (when unset: a fixed folder, so that ``--ckpt_path last`` finds
+    ``last.ckpt`` after a restart). A value the config or the command line gives is kept.
+    """
+    name = config.get("run_name")
+    if not name:
+        return None
+    root = RUNS_DIR / name
+    trainer = config.trainer
+    if trainer.get("default_root_dir") is None:
+        trainer.default_root_dir = str(root)
+    for logger in _listed(trainer.get("logger")):
+        init = logger.get("init_args")
+        if init is None:
+            continue
+        defaults = _defaults(str(logger.class_path))
+        for key, value in (("save_dir", str(root)), ("name", name.replace("/", "-"))):
+            if key in init and key in defaults and init[key] == defaults[key]:
+                init[key] = value
+    for callback in _listed(trainer.get("callbacks")):
+        init = callback.get("init_args")
+        is_checkpoint = issubclass(import_class(str(callback.class_path)), ModelCheckpoint)
+        if is_checkpoint and init is not None and init.get("dirpath") is None:
+            init.dirpath = str(root / "checkpoints")
+    return root
+
+
 def redirect_stage_outputs(config: Any, stage: str) -> Path:
     """Points a ``validate``/``test``/``predict`` run's outputs into ``<run>/<stage>-<time>/``; returns it.
 
@@ -114,6 +206,19 @@ class SteeringCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
         parser.add_argument(
+            "--base",
+            type=str | None,
+            default=None,
+            help="in a config file: the config it extends, read before it (a path relative to the file)",
+        )
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="the run's name: the run writes into runs/<run_name> (trainer.default_root_dir, the loggers' "
+            "save_dir and name, the checkpoint folder runs/<run_name>/checkpoints) where the config sets none",
+        )
+        parser.add_argument(
             "--test_after_fit",
             type=bool,
             nargs="?",
@@ -132,13 +237,21 @@ class SteeringCLI(LightningCLI):
         parser.set_defaults({"tradeoff.progress": not sys.stdout.isatty()})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parses, then checks ``--ckpt_path`` against the config (LightningCLI merges the checkpoint's
-        hyper-parameters over the config right after this; nothing has been written yet)."""
-        super().parse_arguments(parser, args)
+        """Parses, gives the run's folders from ``run_name`` (before ``--print_config`` prints them), then checks
+        ``--ckpt_path`` against the config (LightningCLI merges the checkpoint's hyper-parameters over the config
+        right after this; nothing has been written yet)."""
+        with _ActionPrintConfig.skip_print_config():
+            if isinstance(args, dict):
+                super().parse_arguments(parser, args)
+            else:
+                self.config = parser.parse_args(with_bases(sys.argv[1:] if args is None else list(args)))
         subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config  # no subcommand: SteeringCLI(run=False)
+        apply_run_name(config)
+        _ActionPrintConfig.print_config_if_requested(parser, self.config)  # exits when --print_config was given
+        config.base = None  # read already: the run's saved config.yaml is whole
         if subcommand is None:
             return
-        config = self.config[subcommand]
         if TradeoffCurveCallback in _callback_classes(config.trainer):
             sys.exit(
                 f"lightning-split {subcommand}: error: TradeoffCurveCallback is listed in trainer.callbacks, but "
@@ -259,7 +372,13 @@ def main(args: list[str] | None = None) -> None:
             PolarityDataModule,
             subclass_mode_model=True,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"default_env": True, "description": cli_description(), "formatter_class": HelpFormatter},
+            parser_class=SteeringArgumentParser,
+            parser_kwargs={
+                "prog": "lightning-split",  # also under `python -m lightning_split.cli`
+                "default_env": True,
+                "description": cli_description(),
+                "formatter_class": HelpFormatter,
+            },
             args=args,
         )
     except Exception as err:

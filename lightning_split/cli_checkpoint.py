@@ -4,8 +4,10 @@ LightningCLI merges a checkpoint's hyper-parameters over the parsed config, so `
 checkpoint of another run silently turns the run into that one (a vector checkpoint given to a LoRA config
 trains a vector and writes it into the LoRA run's folder). :func:`check_checkpoint` refuses a checkpoint
 whose model class, backbone, form (class or options), objective class or layers differ from the config's,
-and a file that cannot be read or was not written by lightning_split, naming the file, the setting and what
-to do. The other settings it reports, since the checkpoint's values replace the config's.
+a file that cannot be read or was not written by lightning_split, and a checkpoint whose settings this version
+does not take (written before the module's options were grouped), naming the file, the setting and what to do.
+The other settings it reports, one option at a time (``training.lr``), since the checkpoint's values replace
+the config's.
 """
 
 from __future__ import annotations
@@ -112,6 +114,18 @@ def _describe(hparams: dict[str, Any], class_path: str) -> str:
     return f"{class_path.rpartition('.')[2]}({settings})"
 
 
+def _options(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings with each option group's fields as ``group.field`` (``training.lr``); the form and the
+    objective (``{class_path, init_args}``) stay whole."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and "class_path" not in value:
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def check_checkpoint(path: Path, model_config: dict[str, Any]) -> list[str]:
     """Refuses a checkpoint of another model; returns a note for each other setting the checkpoint replaces.
 
@@ -120,8 +134,9 @@ def check_checkpoint(path: Path, model_config: dict[str, Any]) -> list[str]:
         model_config: the parsed ``model`` section (``class_path`` and ``init_args``).
 
     Raises:
-        CheckpointError: the checkpoint cannot be read, was not written by lightning_split, or its model
-            class, backbone, form (class or options), objective class or layer(s) differ from the config's.
+        CheckpointError: the checkpoint cannot be read, was not written by lightning_split, has settings this
+            version does not take, or its model class, backbone, form (class or options), objective class or
+            layer(s) differ from the config's.
     """
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
@@ -137,6 +152,14 @@ def check_checkpoint(path: Path, model_config: dict[str, Any]) -> list[str]:
         for k in IDENTITY_SETTINGS
         if k in hparams and _identity(k, hparams[k]) != _identity(k, init.get(k))
     ]
+    unknown = sorted(set(hparams) - set(init)) if init else []
+    if unknown and not differences:
+        raise CheckpointError(
+            f"--ckpt_path {path} has settings this version of lightning_split does not take ({', '.join(unknown)}; "
+            "it was written before the model's options were grouped into training, evaluation, generation and "
+            "backbone_options): it cannot be resumed; start a new run, or load the control it saved with "
+            "lightning_split.load_steered"
+        )
     if differences:
         setting, saved, configured = differences[0]
         others = "".join(f"; {k}: {_show(a)!r} vs {_show(b)!r}" for k, a, b in differences[1:])
@@ -146,10 +169,11 @@ def check_checkpoint(path: Path, model_config: dict[str, Any]) -> list[str]:
             f"came from ({_describe(hparams, saved_class or class_path)}): use that run's config, or drop "
             "--ckpt_path to start a new run"
         )
+    configured = _options(init)
     return [
-        f"--ckpt_path {path}: the checkpoint's {k}={v!r} replaces the config's {init[k]!r}"
-        for k, v in hparams.items()
-        if k in init and init[k] != v and (k not in IDENTITY_SETTINGS or k == "objective")
+        f"--ckpt_path {path}: the checkpoint's {k}={v!r} replaces the config's {configured[k]!r}"
+        for k, v in _options(hparams).items()
+        if k in configured and configured[k] != v and (k not in IDENTITY_SETTINGS or k == "objective")
     ]
 
 

@@ -82,9 +82,10 @@ def check_precision_plugin(trainer: Any, quantization: str | None) -> None:
     plugin = getattr(trainer, "precision_plugin", None)
     if not isinstance(plugin, BitsandbytesPrecision):
         return
-    both = f" on top of model.quantization={quantization!r}" if quantization else ""
+    both = f" on top of model.init_args.backbone_options.quantization={quantization!r}" if quantization else ""
     raise ValueError(
         f"trainer uses Lightning's BitsandbytesPrecision plugin{both}: lightning_split quantizes the "
         "frozen backbone when loading it and keeps the trained control in float32. Remove the plugin from "
-        "trainer.plugins/trainer.precision and set model.quantization to 'nf4', 'nf4-dq' or 'int8' instead."
+        "trainer.plugins/trainer.precision and set model.init_args.backbone_options.quantization to 'nf4', "
+        "'nf4-dq' or 'int8' instead."
     )

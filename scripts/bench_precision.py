@@ -221,7 +221,8 @@ def child(model_name: str, mode: str, args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         module = SteeringModule(
-            backbone=model_name, form=LoRAOptions(rank=4), layer=layer, lr=0.01, quantization=quantization,
+            backbone=model_name, form=LoRAOptions(rank=4), layer=layer, training={"lr": 0.01},
+            backbone_options={"quantization": quantization},
             objective=SPLIT(bidirectional=not args.one_way),
         )  # fmt: skip
         size = args.batch_size * (warmup + steps)

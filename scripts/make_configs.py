@@ -6,13 +6,17 @@ Gemma-2-9B rows) scaled to the model: the middle block (15 of 30) instead of 20 
 grid {0.2, …, 2.0} for every form (for the vector form only ``m·v`` matters, so this is the released
 {2, …, 20} grid with a ten times longer vector, and ``m = 1`` sits inside it).
 
-Run ``python scripts/make_configs.py`` after changing the table; ``tests/test_configs.py`` checks that the
-committed files are what this script writes and that every one of them parses and builds.
+Each config holds only what differs from ``configs/base.yaml`` (the trainer, offline W&B, checkpoints and the
+trade-off sweep), which it reads first through its ``base:`` line, and names its run once (``run_name``; the
+CLI derives the run folders from it). Run ``python scripts/make_configs.py`` after changing the table;
+``tests/test_configs.py`` checks that the committed files are what this script writes and that every one of them
+parses and builds, with its run folders.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import yaml
@@ -71,33 +75,43 @@ NLL_REDUCTION = {"psychopathy": "sum"}
 DEMO_SWEEP = [-2.0, -1.5, -1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0]
 
 
-def trainer_section(run: str, accumulate: int, epochs: int) -> dict:
-    """The trainer block: offline W&B, last-checkpoint saving."""
+BASE = "base.yaml"
+"""The settings every shipped config shares; each config reads it first (its ``base:`` line)."""
+
+RUNS = "runs"
+"""Where the runs write (``run_name`` ``X`` writes into ``runs/X``: the CLI's ``apply_run_name``)."""
+
+
+class Flow(dict):
+    """A mapping written on one line (``{lr: 0.01}``): the options of an objective, a form or an option group."""
+
+
+def base_config() -> dict:
+    """``configs/base.yaml``: the trainer, offline W&B, last-checkpoint saving and the trade-off sweep.
+
+    The run folders come from each config's ``run_name`` (the default root, the logger's ``save_dir`` and
+    ``name``, and the checkpoint folder, fixed so that ``--ckpt_path last`` finds ``last.ckpt`` after a restart).
+    """
     return {
-        "accelerator": "auto",
-        "devices": 1,
-        "max_epochs": epochs,
-        "gradient_clip_val": 1.0,
-        "accumulate_grad_batches": accumulate,
-        "log_every_n_steps": 5,
-        "default_root_dir": f"runs/{run}",
-        "logger": {
-            "class_path": "lightning.pytorch.loggers.WandbLogger",
-            "init_args": {
-                "project": "lightning_split",
-                "name": run.replace("/", "-"),
-                "save_dir": f"runs/{run}",
-                "offline": True,
+        "seed_everything": 42,
+        "trainer": {
+            "accelerator": "auto",
+            "devices": 1,
+            "max_epochs": 2,
+            "gradient_clip_val": 1.0,
+            "log_every_n_steps": 5,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.WandbLogger",
+                "init_args": Flow(project="lightning_split", offline=True),
             },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": Flow(save_last=True, every_n_train_steps=20),
+                },
+            ],
         },
-        "callbacks": [
-            {
-                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                # a fixed folder, so that `--ckpt_path last` finds last.ckpt after a restart (the logger's
-                # version changes every run)
-                "init_args": {"dirpath": f"runs/{run}/checkpoints", "save_last": True, "every_n_train_steps": 20},
-            },
-        ],
+        "tradeoff": tradeoff_section(SWEEP_PAIRS),
     }
 
 
@@ -110,13 +124,13 @@ def class_spec(value: FormOptions | Objective, init_args: dict) -> dict:
     """``{class_path, init_args}`` of a form's options or an objective (no ``init_args`` when empty)."""
     cls = type(value)
     spec: dict = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
-    return {**spec, "init_args": init_args} if init_args else spec
+    return {**spec, "init_args": Flow(init_args)} if init_args else spec
 
 
 def form_spec(form: str) -> dict:
     """The ``form`` argument of ``form`` with its settings' options (checked against the form's options)."""
-    options = form_class(form).options(**FORM_SETTINGS.get(form, DEFAULT_FORM_SETTINGS)["options"])
-    return class_spec(options, options.values())
+    settings = FORM_SETTINGS.get(form, DEFAULT_FORM_SETTINGS)["options"]
+    return class_spec(form_class(form).options(**settings), settings)
 
 
 def objective_spec(dataset: str, objective: str, form: str) -> dict:
@@ -125,69 +139,70 @@ def objective_spec(dataset: str, objective: str, form: str) -> dict:
     if objective == "split":
         lambda_n, gamma, theta, bidirectional = SPLIT_SETTINGS[dataset].get(form, SPLIT_SETTINGS[dataset]["lora"])
         arguments = {"lambda_n": lambda_n, "gamma": gamma, "theta": theta, "bidirectional": bidirectional}
-    instance = OBJECTIVE_REGISTRY[objective](**arguments)
-    return class_spec(instance, instance.init_args())
+    return class_spec(OBJECTIVE_REGISTRY[objective](**arguments), arguments)
 
 
-def model_section(backbone: str, objective: dict, form: str, layer: int, lr: float, **extra: object) -> dict:
-    """The model block: one :class:`~lightning_split.SteeringModule` with its objective and form."""
-    init = {"backbone": backbone, "objective": objective, "form": form_spec(form), "layer": layer, "lr": lr}
-    return {"class_path": "lightning_split.SteeringModule", "init_args": {**init, **extra}}
+def model_section(backbone: str, objective: dict | None, form: dict, layer: int, **groups: dict) -> dict:
+    """The model block: one :class:`~lightning_split.SteeringModule` with its objective, form and the option groups
+    that differ from the defaults (``training={"lr": 0.08}``)."""
+    init = {"backbone": backbone, "objective": objective, "form": form, "layer": layer}
+    init.update({name: Flow(values) for name, values in groups.items() if values})
+    return {
+        "class_path": "lightning_split.SteeringModule",
+        "init_args": {k: v for k, v in init.items() if v is not None},
+    }
 
 
-def reduction(dataset: str) -> dict:
-    """The dataset's NLL reduction setting (empty: the default)."""
+def evaluation(dataset: str) -> dict:
+    """The dataset's evaluation options (empty: the defaults)."""
     return {"nll_reduction": NLL_REDUCTION[dataset]} if dataset in NLL_REDUCTION else {}
+
+
+def run_config(run: str, trainer: dict, model: dict, data: dict, **extra: object) -> dict:
+    """One shipped config: the base (its path is set by :func:`all_configs`), the run's name (its folders follow)
+    and what differs from the base."""
+    base = base_config()["trainer"]
+    trainer = {k: v for k, v in trainer.items() if k not in base or base[k] != v}
+    return {"base": None, "run_name": run, "trainer": trainer, "model": model, "data": data, **extra}
 
 
 def method_config(dataset: str, objective: str, form: str) -> dict:
     """One shipped config."""
     fs = FORM_SETTINGS.get(form, DEFAULT_FORM_SETTINGS)
-    run = f"smollm2/{dataset}/{objective}-{form}"
-    return {
-        "seed_everything": 42,
-        "trainer": trainer_section(run, fs["accumulate"], EPOCHS[dataset]),
-        "model": model_section(
-            MODEL, objective_spec(dataset, objective, form), form, LAYER, fs["lr"], **reduction(dataset)
-        ),
-        "data": {"dataset": dataset, "batch_size": fs["batch_size"]},
-        "tradeoff": tradeoff_section(SWEEP_PAIRS),
-    }
+    spec = objective_spec(dataset, objective, form)
+    model = model_section(
+        MODEL, spec, form_spec(form), LAYER, training={"lr": fs["lr"]}, evaluation=evaluation(dataset)
+    )
+    return run_config(
+        f"smollm2/{dataset}/{objective}-{form}",
+        {"max_epochs": EPOCHS[dataset], "accumulate_grad_batches": fs["accumulate"]},
+        model,
+        {"dataset": dataset, "batch_size": fs["batch_size"]},
+    )
 
 
 def diffmean_config(dataset: str) -> dict:
-    """DiffMean: one pass over the training pairs fits the vector, no optimiser."""
-    run = f"smollm2/{dataset}/diffmean-vector"
-    trainer = trainer_section(run, 1, 1)
-    trainer.pop("gradient_clip_val")
+    """DiffMean: one pass over the training pairs fits the vector, no optimiser (so no gradient clipping)."""
     zero = VectorOptions(init_std=0.0)  # DiffMean writes the vector; it starts at zero
-    return {
-        "seed_everything": 42,
-        "trainer": trainer,
-        "model": {
-            "class_path": "lightning_split.DiffMeanSteering",
-            "init_args": {
-                "backbone": MODEL,
-                "form": class_spec(zero, zero.values()),
-                "layer": LAYER,
-                **reduction(dataset),
-            },
-        },
-        "data": {"dataset": dataset, "batch_size": 8},
-        "tradeoff": tradeoff_section(SWEEP_PAIRS),
-    }
+    model = model_section(MODEL, None, class_spec(zero, {"init_std": 0.0}), LAYER, evaluation=evaluation(dataset))
+    model["class_path"] = "lightning_split.DiffMeanSteering"
+    return run_config(
+        f"smollm2/{dataset}/diffmean-vector",
+        {"max_epochs": 1, "gradient_clip_val": None},
+        model,
+        {"dataset": dataset, "batch_size": 8},
+    )
 
 
 def demo_config() -> dict:
     """The README's main command: SPLIT vector on the embedded pairs, sized for a 2-core CPU (< 10 min)."""
     config = method_config("sentiment", "split", "vector")
-    run = "demo"
-    config["trainer"] = trainer_section(run, 1, 1)
-    config["trainer"]["num_sanity_val_steps"] = 0
-    config["trainer"]["limit_val_batches"] = 0
-    config["tradeoff"] = tradeoff_section(None, DEMO_SWEEP)
+    config["run_name"] = "demo"
+    config["trainer"] = {"max_epochs": 1, "accumulate_grad_batches": 1, "num_sanity_val_steps": 0,
+                         "limit_val_batches": 0}  # fmt: skip
     config["model"]["init_args"]["objective"]["init_args"]["bidirectional"] = False
     config["data"].update(train_size=96, test_size=40, batch_size=8)
+    config["tradeoff"] = tradeoff_section(None, DEMO_SWEEP)
     config["test_after_fit"] = True
     return config
 
@@ -210,7 +225,7 @@ GPU_RUNS: dict[str, dict] = {
         "batch_size": 4,
         "accumulate": 2,
         "devices": 1,
-        "model_extra": {},
+        "backbone_options": {},
     },
     "gpu/gemma-2-9b-it/power-seeking-split-lora-nf4-ddp2.yaml": {
         "title": "SPLIT · LoRA · PowerSeeking · Gemma-2-9B-it layer 20 · 4-bit · DDP on 2 GPUs",
@@ -227,7 +242,7 @@ GPU_RUNS: dict[str, dict] = {
         "accumulate": 1,
         "devices": 2,
         # Gemma-2 soft-caps its attention logits, which only the eager kernel implements
-        "model_extra": {"attn_implementation": "eager"},
+        "backbone_options": {"attn_implementation": "eager"},
     },
 }
 
@@ -235,23 +250,18 @@ GPU_RUNS: dict[str, dict] = {
 def gpu_config(path: str) -> dict:
     """A GPU config of :data:`GPU_RUNS` (one process per GPU under DDP, each with a full 4-bit copy)."""
     spec = GPU_RUNS[path]
-    run = path.removesuffix(".yaml")
-    trainer = trainer_section(run, spec["accumulate"], spec["epochs"])
-    trainer.update(accelerator="gpu", devices=spec["devices"], precision="bf16-true")
+    trainer = {"accelerator": "gpu", "devices": spec["devices"], "precision": "bf16-true", "max_epochs": spec["epochs"],
+               "accumulate_grad_batches": spec["accumulate"]}  # fmt: skip
     if spec["devices"] > 1:
         trainer["strategy"] = "ddp"
     split = spec["split"]
+    backbone_options = {"quantization": "nf4-dq", "dtype": "bfloat16", **spec["backbone_options"]}
     model = model_section(
-        spec["backbone"], class_spec(split, split.init_args()), "lora", spec["layer"], spec["lr"],
-        quantization="nf4-dq", dtype="bfloat16", **spec["model_extra"], **reduction(spec["dataset"]),
+        spec["backbone"], class_spec(split, split.init_args()), form_spec("lora"), spec["layer"],
+        training={"lr": spec["lr"]}, evaluation=evaluation(spec["dataset"]), backbone_options=backbone_options,
     )  # fmt: skip
-    return {
-        "seed_everything": 42,
-        "trainer": trainer,
-        "model": model,
-        "data": {"dataset": spec["dataset"], "batch_size": spec["batch_size"], "eval_batch_size": 8},
-        "tradeoff": tradeoff_section(SWEEP_PAIRS),
-    }
+    data = {"dataset": spec["dataset"], "batch_size": spec["batch_size"], "eval_batch_size": 8}
+    return run_config(path.removesuffix(".yaml"), trainer, model, data)
 
 
 GPU_HEADER = """\
@@ -259,38 +269,50 @@ GPU_HEADER = """\
 # Generated by scripts/make_configs.py (GPU_RUNS) with the authors' released settings for this model.
 # Memory: {memory}.
 # Run: lightning-split fit --config {path}   (resume after a crash: add --ckpt_path last)
-# The backbone is quantized when it is loaded (model.quantization); do not add a bitsandbytes precision
-# plugin. Each DDP process loads its own full copy on its own GPU.
+# The backbone is quantized when it is loaded (model.init_args.backbone_options.quantization); do not add a
+# bitsandbytes precision plugin. Each DDP process loads its own full copy on its own GPU.
+# Reads configs/base.yaml first (`base:`), the settings every config shares, and changes them.
 """
 
 HEADER = """\
-# {title}
-# Generated by scripts/make_configs.py from the released settings scaled to SmolLM2-135M-Instruct
-# (layer 15 of 30, multiplier grid 0.2..2.0); edit the table there and re-run it.
+# {title}, released settings scaled to SmolLM2-135M-Instruct (written by scripts/make_configs.py)
 # Run: lightning-split fit --config {path}
+# Reads configs/base.yaml first (`base:`), the settings every config shares, and changes them.
+"""
+
+BASE_HEADER = """\
+# The settings every shipped config shares; each one reads this file first (its `base:` line) and changes it.
+# Generated by scripts/make_configs.py. A config's `run_name: X` puts the run in runs/X: the trainer's
+# default_root_dir, the logger's save_dir and name, and the checkpoints in runs/X/checkpoints (so that
+# `--ckpt_path last` finds last.ckpt after a restart).
 # W&B logs offline (no account needed); `wandb sync runs/.../wandb/offline-run-*` uploads later, or set
 # trainer.logger.init_args.offline=false to log online.
 """
 
 
 def all_configs() -> dict[str, tuple[str, dict]]:
-    """Every shipped config by relative path, with its title."""
-    out: dict[str, tuple[str, dict]] = {}
+    """Every shipped config by relative path, with its title (the base first)."""
+    out: dict[str, tuple[str, dict]] = {BASE: ("", base_config())}
     for dataset in DATASETS:
         for objective in OBJECTIVES:
             for form in FORMS:
                 path = f"smollm2/{dataset}/{objective}-{form}.yaml"
                 out[path] = (f"{objective.upper()} · {form} · {dataset}", method_config(dataset, objective, form))
         out[f"smollm2/{dataset}/diffmean-vector.yaml"] = (f"DiffMean · vector · {dataset}", diffmean_config(dataset))
-    out["demo.yaml"] = ("Main command: SPLIT · vector · embedded sentiment pairs (CPU-sized)", demo_config())
+    out["demo.yaml"] = ("Main command: SPLIT · vector · sentiment, CPU-sized", demo_config())
     for path, spec in GPU_RUNS.items():
         out[path] = (spec["title"], gpu_config(path))
+    for path, (_, config) in out.items():
+        if "base" in config:  # relative to the config's folder
+            config["base"] = os.path.relpath(BASE, os.path.dirname(path) or ".")
     return out
 
 
 def render(path: str, title: str, config: dict) -> str:
     """The text of one config file."""
-    if path in GPU_RUNS:
+    if path == BASE:
+        header = BASE_HEADER
+    elif path in GPU_RUNS:
         header = GPU_HEADER.format(title=title, path=f"configs/{path}", memory=GPU_RUNS[path]["memory"])
     else:
         header = HEADER.format(title=title, path=f"configs/{path}")
@@ -306,7 +328,12 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
     return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 
 
+def _represent_flow(dumper: yaml.SafeDumper, data: Flow) -> yaml.Node:
+    return dumper.represent_mapping("tag:yaml.org,2002:map", dict(data), flow_style=True)
+
+
 _ConfigDumper.add_representer(list, _represent_list)
+_ConfigDumper.add_representer(Flow, _represent_flow)
 
 
 def main() -> None:

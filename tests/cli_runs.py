@@ -59,7 +59,7 @@ def tiny_config(backbone: Path, dataset: Path, **overrides: Any) -> dict[str, An
                 "objective": {"class_path": "lightning_split.objectives.SPLIT"},
                 "form": {"class_path": "lightning_split.interventions.LoRAOptions"},
                 "layer": 2,
-                "lr": 0.05,
+                "training": {"lr": 0.05},
             },
         },
         "data": {"dataset": str(dataset), "batch_size": 4, "eval_batch_size": 1},

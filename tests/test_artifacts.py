@@ -33,7 +33,7 @@ def _save_random_control(form: str, model: nn.Module, backbone: str, directory: 
     with torch.no_grad():
         for p in control.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    hparams = {"backbone": backbone, "positions": "all", "lr": 0.01}
+    hparams = {"backbone": backbone, "positions": "all", "training": {"lr": 0.01}}
     save_control(directory, control, control_metadata(control, hparams, "split", [0.5, 1.0, 1.5]))
     return control
 
@@ -227,3 +227,30 @@ def test_control_goes_to_the_device_of_its_block(tmp_path: Path) -> None:
         control, _ = load_control(tmp_path / "control", layout)
         assert {p.device.type for p in control.parameters()} == {device}
         assert {p.dtype for p in control.parameters()} == {torch.float32}
+
+
+def test_control_saved_before_the_options_were_grouped_still_loads(tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    """A ``control.json`` of the old layout (a flat ``training`` section: ``lr``, ``eval_multiplier``, ``dtype``…)
+    loads with ``load_steered`` and steers as before."""
+    from lightning_split.artifacts import load_steered
+
+    model, _ = load_backbone(str(tiny_backbone_dir))
+    directory = tmp_path / "control"
+    control = _save_random_control("lora", model, str(tiny_backbone_dir), directory, seed=4)
+    meta = json.loads((directory / CONFIG_FILE).read_text())
+    assert meta["settings"] == {"training": {"lr": 0.01}}
+    old = {k: v for k, v in meta.items() if k != "settings"}
+    old["training"] = {
+        "form": {"class_path": "lightning_split.interventions.lora.LoRAOptions", "init_args": {"rank": 2}},
+        "objective": {"class_path": "lightning_split.objectives.split.SPLIT", "init_args": {"gamma": 5.0}},
+        "lr": 0.01, "weight_decay": 0.0, "eval_multiplier": 1.0, "nll_reduction": "mean", "dtype": "float32",
+        "quantization": None,
+    }  # fmt: skip
+    (directory / CONFIG_FILE).write_text(json.dumps(old))
+    steered = load_steered(directory)
+    assert steered.metadata["training"]["lr"] == 0.01
+    ids = torch.randint(3, 500, (2, 9), generator=torch.Generator().manual_seed(1))
+    layout = discover_layout(model)
+    with torch.no_grad(), steer(layout, control, torch.full((2,), M)):
+        expected = model(input_ids=ids, use_cache=False).logits
+    assert torch.equal(steered.logits(ids, M), expected)

@@ -17,7 +17,7 @@ import pytest
 from lightning_split.backbone import BackboneLoadError, backbone_num_layers
 from lightning_split.interventions import LoRAOptions, ReFTOptions, VectorOptions
 from lightning_split.models import SteeringModule
-from lightning_split.models.options import OptionError
+from lightning_split.models.options import BackboneOptions, OptionError
 from tests.tiny_models import TINY_LAYERS, make_tiny_model
 
 
@@ -30,32 +30,39 @@ def config_only_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
-    ({"lr": -0.1}, r"option lr .* -0\.1; it must be a number > 0"),
-    ({"lr": 0.0}, r"option lr .*must be a number > 0"),
-    ({"weight_decay": -1.0}, r"option weight_decay .*>= 0"),
-    ({"eval_multiplier": math.inf}, r"option eval_multiplier .*finite"),
-    ({"max_new_tokens": 0}, r"option max_new_tokens .*integer >= 1"),
-    ({"temperature": 0.0}, r"option temperature .*> 0"),
-    ({"multipliers": [1.0, -2.0]}, r"option multipliers .*-2\.0.*sign comes from"),
-    ({"predict_multipliers": [0.0, math.inf]}, r"option predict_multipliers .*inf"),
-    ({"dtype": "fp33"}, r"option dtype .*'fp33'.*'bfloat16'"),
-    ({"quantization": "nf5"}, r"option quantization .*'nf5'.*'nf4'"),
-    ({"attn_implementation": "flash_attention_2"}, r"option attn_implementation .*'sdpa'"),
+    ({"training": {"lr": -0.1}},
+     r"option lr \(model\.init_args\.training\.lr\) has the value -0\.1; it must be a number > 0"),
+    ({"training": {"lr": 0.0}}, r"option lr .*must be a number > 0"),
+    ({"training": {"weight_decay": -1.0}}, r"option weight_decay \(model\.init_args\.training\.weight_decay\).*>= 0"),
+    ({"training": {"multipliers": [1.0, -2.0]}}, r"option multipliers .*-2\.0.*sign comes from"),
+    ({"training": {"multipliers": []}}, r"option multipliers .*empty"),
+    ({"training": {"learning_rate": 0.1}}, r"model option training .*no option 'learning_rate'; TrainingOptions takes"),
+    ({"evaluation": {"multiplier": math.inf}},
+     r"option multiplier \(model\.init_args\.evaluation\.multiplier\).*finite"),
+    ({"evaluation": {"nll_reduction": "median"}}, r"option nll_reduction \(model\.init_args\.evaluation\..*'sum'"),
+    ({"generation": {"max_new_tokens": 0}}, r"option max_new_tokens .*integer >= 1"),
+    ({"generation": {"temperature": 0.0}}, r"option temperature .*> 0"),
+    ({"generation": {"multipliers": [0.0, math.inf]}}, r"option multipliers \(model\.init_args\.generation\..*inf"),
+    ({"generation": "greedy"}, r"option generation .*'greedy'; give a GenerationOptions or a mapping"),
+    ({"backbone_options": {"dtype": "fp33"}},
+     r"option dtype \(model\.init_args\.backbone_options\.dtype\).*'fp33'.*'bfloat16'"),
+    ({"backbone_options": {"quantization": "nf5"}}, r"option quantization .*'nf5'.*'nf4'"),
+    ({"backbone_options": {"attn_implementation": "flash_attention_2"}}, r"option attn_implementation .*'sdpa'"),
     ({"form": "vector"}, r"option form .*'vector'; give a form's options"),
     ({"objective": "split"}, r"option objective .*'split'; give an Objective"),
     ({"positions": "everything"}, r"option positions .*'completion'"),
-    ({"nll_reduction": "median"}, r"option nll_reduction .*'sum'"),
     ({"layer": TINY_LAYERS}, rf"option layer .*is {TINY_LAYERS}: .* has {TINY_LAYERS} blocks.*0\.\.{TINY_LAYERS - 1}"),
     ({"layer": -1}, r"option layer .*is -1"),
     ({"layers": [1, 9]}, r"option layers .*is 9"),
     ({"layers": [2, 2]}, r"option layers .*each block may appear once"),
-]
+]  # fmt: skip
+"""Bad options; each group is given as a mapping, as a config or a checkpoint gives it."""
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     BAD_OPTIONS,
-    ids=[next(iter(o)) + "=" + repr(next(iter(o.values()))) for o, _ in BAD_OPTIONS],
+    ids=[f"{next(iter(o))}={next(iter(o.values()))!r}" for o, _ in BAD_OPTIONS],
 )
 def test_bad_option_is_named_when_the_module_is_built(
     config_only_backbone: Path, options: dict[str, Any], message: str
@@ -83,16 +90,25 @@ def test_bad_form_option_is_named_when_the_options_are_built(
 
 
 def test_good_options_pass(config_only_backbone: Path) -> None:
-    module = SteeringModule(backbone=str(config_only_backbone), layer=TINY_LAYERS - 1, quantization="nf4-dq")
+    module = SteeringModule(
+        backbone=str(config_only_backbone), layer=TINY_LAYERS - 1, backbone_options={"quantization": "nf4-dq"}
+    )
     assert module.backbone is None, "building the module must not load the backbone"
-    SteeringModule(backbone=str(config_only_backbone), layers=[0, 3], attn_implementation="eager", dtype="auto")
+    SteeringModule(
+        backbone=str(config_only_backbone),
+        layers=[0, 3],
+        backbone_options=BackboneOptions(attn_implementation="eager", dtype="auto"),
+    )
+
+
+CUSTOM_BLOCKS = BackboneOptions(blocks_path="model.layers")
 
 
 def test_custom_layout_skips_the_config_count(config_only_backbone: Path) -> None:
     """With ``blocks_path`` the blocks may not be the config's layers: only the sign is checked up front."""
-    SteeringModule(backbone=str(config_only_backbone), layer=TINY_LAYERS + 5, blocks_path="model.layers")
+    SteeringModule(backbone=str(config_only_backbone), layer=TINY_LAYERS + 5, backbone_options=CUSTOM_BLOCKS)
     with pytest.raises(OptionError, match="layer .*-2"):
-        SteeringModule(backbone=str(config_only_backbone), layer=-2, blocks_path="model.layers")
+        SteeringModule(backbone=str(config_only_backbone), layer=-2, backbone_options=CUSTOM_BLOCKS)
 
 
 def test_folder_without_config_is_refused(tmp_path: Path) -> None:
@@ -131,5 +147,7 @@ def test_unreachable_hub_uses_a_cached_model(monkeypatch: pytest.MonkeyPatch, tm
     start = time.perf_counter()
     assert backbone_num_layers("some-org/cached-model", cache_dir=str(tmp_path)) == TINY_LAYERS
     with pytest.raises(OptionError, match=f"cached-model has {TINY_LAYERS} blocks"):
-        SteeringModule(backbone="some-org/cached-model", cache_dir=str(tmp_path), layer=TINY_LAYERS)
+        SteeringModule(
+            backbone="some-org/cached-model", backbone_options={"cache_dir": str(tmp_path)}, layer=TINY_LAYERS
+        )
     assert time.perf_counter() - start < 10

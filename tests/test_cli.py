@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lightning_split.cli import main
+from lightning_split.models import steering_module
 from tests.cli_runs import run_cli, snapshot, tiny_config, write_config
 
 
@@ -20,7 +22,7 @@ def _common(backbone: Path, data: Path, root: Path) -> list[str]:
         "--model.init_args.objective", "lightning_split.objectives.SPLIT",
         "--model.init_args.form", "lightning_split.interventions.VectorOptions",
         "--model.init_args.layer", "2",
-        "--model.init_args.lr", "0.05",
+        "--model.init_args.training.lr", "0.05",
         "--data.dataset", str(data),
         "--data.batch_size", "4",
         "--trainer.accelerator", "cpu",
@@ -43,7 +45,7 @@ def test_fit_then_predict_writes_steered_generations(tiny_backbone_dir, sentimen
 
     out = tmp_path / "predictions.jsonl"
     main(["predict", *_common(tiny_backbone_dir, sentiment_like_jsonl, tmp_path), "--ckpt_path", str(ckpts[-1]),
-          "--model.init_args.predict_multipliers", "[0.0, 4.0]", "--model.init_args.max_new_tokens", "5",
+          "--model.init_args.generation.multipliers", "[0.0, 4.0]", "--model.init_args.generation.max_new_tokens", "5",
           "--trainer.callbacks+=lightning_split.callbacks.JsonlPredictionWriter",
           "--trainer.callbacks.output_path", str(out)])  # fmt: skip
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -157,7 +159,7 @@ def test_predict_keeps_the_fits_records_and_writes_its_own_folder(tiny_backbone_
     assert "config.yaml" in fit_records and "control/control.safetensors" in fit_records
 
     predict = run_cli(
-        tmp_path, "--ckpt_path", "last", "--model.init_args.max_new_tokens", "3",
+        tmp_path, "--ckpt_path", "last", "--model.init_args.generation.max_new_tokens", "3",
         "--trainer.callbacks+=lightning_split.callbacks.JsonlPredictionWriter",
         "--trainer.enable_progress_bar", "true", "--progress_interval", "0", subcommand="predict",
     )  # fmt: skip
@@ -179,7 +181,7 @@ def test_predict_keeps_the_fits_records_and_writes_its_own_folder(tiny_backbone_
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (["--model.init_args.lr", "-0.1"], "model option lr (model.init_args.lr) has the value -0.1"),
+        (["--model.init_args.training.lr", "-0.1"], "model option lr (model.init_args.training.lr) has the value -0.1"),
         (["--model.init_args.layer", "9"], "model option layer (model.init_args.layer) is 9"),
         (["--model.init_args.form.init_args.rank", "0"], "form option rank (model.init_args.form.init_args.rank)"),
     ],
@@ -216,5 +218,114 @@ def test_top_level_help_names_objectives_forms_datasets_and_configs(capsys, monk
     for name, cls in FORM_REGISTRY.items():
         assert f"{cls.options.__name__} ({name})" in text
     assert all(f"\n  {name} " in text for name in DATASETS)
-    shipped = len(list(CONFIGS_DIR.rglob("*.yaml")))
+    shipped = len(list(CONFIGS_DIR.rglob("*.yaml"))) - 1  # the base is not a run
     assert f"Shipped configs ({shipped}," in text and "configs/smollm2/psychopathy/" in text
+
+
+def test_bad_choice_is_refused_while_parsing_with_the_option_named(
+    tiny_backbone_dir, sentiment_like_jsonl, tmp_path, monkeypatch, capsys
+):
+    """A value outside a closed set (a ``Literal``) fails in the parser: no module is built, nothing is loaded."""
+    write_config(tmp_path, tiny_config(tiny_backbone_dir, sentiment_like_jsonl))
+    monkeypatch.chdir(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the module was built although an option was bad")
+
+    monkeypatch.setattr(steering_module, "check_steering_options", refuse)  # the first step of building it
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--config", "config.yaml", "--model.init_args.evaluation.nll_reduction", "avg"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2
+    assert 'Parser key "evaluation.nll_reduction"' in err and "Got value: avg" in err and "'sum', 'mean'" in err
+    assert len(err.splitlines()) < 20, "the usage line should be one line, not every option"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "a refused run wrote something"
+
+
+# ----------------------------------------------------------------- help
+
+
+def _help(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        main(["fit", *args])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_fit_help_is_short_and_points_at_the_full_list(capsys):
+    """``fit --help`` fits on a screen (it was 828 lines), names every section and the option groups, and says how
+    to get every option; ``--help full`` still lists every option with its help."""
+    short = _help(capsys, "--help")
+    assert len(short.splitlines()) <= 45, short
+    assert short.startswith("usage: lightning-split fit [-h [full]] [-c CONFIG]") and short.count("\nusage:") == 0
+    assert "lightning-split fit --help full" in short and "--print_config" in short
+    for names in ("backbone objective form layer layers positions", "training.{multipliers, lr, weight_decay}",
+                  "evaluation.{multiplier, nll_reduction}", "--run_name", "--ckpt_path", "--test_after_fit",
+                  "data (--data.<option>):", "max_epochs", "tradeoff (--tradeoff.<option>", "max_pairs"):  # fmt: skip
+        assert names in short, names
+    full = _help(capsys, "--help", "full")
+    assert len(full.splitlines()) > 400
+    for option in ("--trainer.gradient_clip_algorithm", "--data.group_field", "--tradeoff.use_lower_cache",
+                   "--lr_scheduler", "--ckpt_path CKPT_PATH"):  # fmt: skip
+        assert option in full, option
+    with pytest.raises(SystemExit) as bad:
+        main(["fit", "--help", "everything"])
+    assert bad.value.code == 2 and "takes nothing (a short list) or 'full'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- base configs and run names
+
+
+def test_base_and_run_name_compose_one_config(tiny_backbone_dir, sentiment_like_jsonl, tmp_path, monkeypatch, capsys):
+    """A config names the config it extends (``base``, relative to itself) and its run once; ``--print_config``
+    shows the merged settings and the run folders; a folder given explicitly is kept."""
+    base = tiny_config(tiny_backbone_dir, sentiment_like_jsonl)
+    base["trainer"].update(max_epochs=3, gradient_clip_val=0.5)
+    base["trainer"]["callbacks"][0]["init_args"].pop("dirpath")
+    base["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}
+    write_config(tmp_path, base)
+    method = {"base": "../config.yaml", "run_name": "exp/a", "trainer": {"max_epochs": 1}}
+    write_config(tmp_path / "methods", method)
+    monkeypatch.chdir(tmp_path)
+    text = _help(capsys, "--config", "methods/config.yaml", "--print_config")
+    printed = yaml.safe_load(text)
+    trainer = printed["trainer"]
+    assert trainer["max_epochs"] == 1 and trainer["gradient_clip_val"] == 0.5, "the base was not merged"
+    assert trainer["default_root_dir"] == str(Path("runs/exp/a"))
+    assert trainer["callbacks"][0]["init_args"]["dirpath"] == str(Path("runs/exp/a/checkpoints"))
+    assert trainer["logger"]["init_args"]["name"] == "exp-a"
+    assert trainer["logger"]["init_args"]["save_dir"] == ".", "a save_dir the config gives is kept"
+    assert printed["model"]["init_args"]["training"]["lr"] == 0.05
+    kept = yaml.safe_load(_help(capsys, "--config", "methods/config.yaml", "--trainer.default_root_dir", "mine",
+                                "--print_config"))  # fmt: skip
+    assert kept["trainer"]["default_root_dir"] == "mine"
+
+    write_config(tmp_path / "broken", {**method, "base": "missing.yaml"})
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--config", "broken/config.yaml"])
+    assert refused.value.code == 2
+    assert "broken/config.yaml: its base 'missing.yaml' is not a file" in capsys.readouterr().err
+
+
+def test_ckpt_settings_are_compared_option_by_option_and_old_layouts_refused(tiny_backbone_dir, tmp_path):
+    """A checkpoint's option replacing the config's is noted by its group and name; a checkpoint written before the
+    options were grouped (flat ``lr``, ``eval_multiplier``, …) is refused with what to do, not a parser dump."""
+    from lightning_split.cli_checkpoint import CheckpointError, check_checkpoint
+    from lightning_split.models import SteeringModule
+    from lightning_split.models.steering_module import CHECKPOINT_KEY
+
+    hparams = dict(SteeringModule(backbone=str(tiny_backbone_dir), layer=2, training={"lr": 0.05}).hparams)
+    init = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    config = {"class_path": "lightning_split.SteeringModule", "init_args": {**init, "training": {**init["training"]}}}
+    config["init_args"]["training"]["lr"] = 0.1
+    path = tmp_path / "grouped.ckpt"
+    torch.save({"state_dict": {}, CHECKPOINT_KEY: {}, "hyper_parameters": hparams}, path)
+    assert check_checkpoint(path, config) == [f"--ckpt_path {path}: the checkpoint's training.lr=0.05 replaces the "
+                                              "config's 0.1"]  # fmt: skip
+
+    flat = {k: v for k, v in hparams.items() if k not in ("training", "evaluation", "backbone_options")}
+    torch.save({"state_dict": {}, CHECKPOINT_KEY: {}, "hyper_parameters": {**flat, "lr": 0.05, "dtype": "float32"}},
+               path)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"does not take \(dtype, lr; it was written before .* cannot be resumed"):
+        check_checkpoint(path, config)

@@ -28,8 +28,8 @@ def test_steering_module_satisfies_the_sweep_contract(tiny_backbone_dir: Path) -
         form=VectorOptions(),
         layer=2,
         positions="completion",
-        multipliers=[0.5, 1.5],
-        nll_reduction="sum",
+        training={"multipliers": [0.5, 1.5]},
+        evaluation={"nll_reduction": "sum"},
     )
     assert isinstance(module, SweepTarget)
     with pytest.raises(RuntimeError, match="backbone is not loaded"):

@@ -108,7 +108,7 @@ def test_sampling_with_a_seed_repeats_and_leaves_the_global_rng_alone(tiny_backb
 
 def test_module_generate_equals_steered_model_generate(tiny_backbone_dir) -> None:
     module = SteeringModule(backbone=str(tiny_backbone_dir), form=VectorOptions(), layer=1, positions="prompt",
-                           max_new_tokens=NEW)  # fmt: skip
+                           generation={"max_new_tokens": NEW})  # fmt: skip
     module.configure_model()
     steered = _steered(tiny_backbone_dir, "prompt")
     module.control.load_state_dict(steered.control.state_dict())

@@ -316,7 +316,7 @@ def test_every_nll_reduction_default_is_the_one_constant() -> None:
         f.__qualname__: inspect.signature(f).parameters["reduction"].default
         for f in (pair_nll, sweep_losses, plain_sweep_losses, sweep, plain_sweep, TradeoffCurve)
     }
-    defaults["SteeringModule"] = inspect.signature(SteeringModule).parameters["nll_reduction"].default
+    defaults["SteeringModule"] = SteeringModule().evaluation_options.nll_reduction
     assert defaults == dict.fromkeys(defaults, DEFAULT_REDUCTION)
     for cls in (PreferenceLogOdds, UtilityLogOdds, PairAccuracy, ClampedPairCount):
         assert cls().reduction == DEFAULT_REDUCTION, cls

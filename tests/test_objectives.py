@@ -143,7 +143,7 @@ def test_dpo_matches_formula(beta: float) -> None:
 # --------------------------------------------------------------------------- multiplier draws
 def test_draw_multipliers_deterministic_and_from_grid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     make_tiny_model("llama").config.save_pretrained(tmp_path)  # the module reads only the config; never loaded
-    module = SteeringModule(backbone=str(tmp_path), multipliers=[2.0, 4.0, 6.0, 8.0, 10.0])
+    module = SteeringModule(backbone=str(tmp_path), training={"multipliers": [2.0, 4.0, 6.0, 8.0, 10.0]})
     index = torch.arange(200)
     first = module.draw_multipliers(index, 0)
     torch.manual_seed(1234)  # the RNG state must not matter

@@ -27,7 +27,11 @@ class _Losses(L.Callback):
 def _fit(backbone: Path, jsonl: Path, tmp_path: Path, precision: str, form: str) -> tuple[SteeringModule, list[float]]:
     L.seed_everything(0)
     module = SteeringModule(
-        backbone=str(backbone), form=form_options(form), layer=2, lr=0.05, objective=SPLIT(bidirectional=False)
+        backbone=str(backbone),
+        form=form_options(form),
+        layer=2,
+        training={"lr": 0.05},
+        objective=SPLIT(bidirectional=False),
     )
     losses = _Losses()
     trainer = L.Trainer(
@@ -107,7 +111,9 @@ def test_bitsandbytes_precision_plugin_is_refused_before_loading(tiny_backbone_d
 
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
     trainer.strategy.precision_plugin = BitsandbytesPrecision("nf4", dtype=torch.bfloat16)  # CPU Trainer refuses it
-    module = SteeringModule(backbone=str(tiny_backbone_dir), form=LoRAOptions(), quantization=quantization)
+    module = SteeringModule(
+        backbone=str(tiny_backbone_dir), form=LoRAOptions(), backbone_options={"quantization": quantization}
+    )
     module.trainer = trainer
     with pytest.raises(ValueError, match="BitsandbytesPrecision plugin" + (" on top of" if quantization else "")):
         module.setup("fit")

@@ -53,8 +53,8 @@ def test_every_form_trains_on_a_quantized_smollm2(
     for form in FORMS:
         L.seed_everything(0)
         module = SteeringModule(
-            backbone=str(smollm2_dir), form=form_options(form), layer=SMOLLM2_LAYER, lr=LR[form],
-            quantization=quantization, objective=SPLIT(bidirectional=False),
+            backbone=str(smollm2_dir), form=form_options(form), layer=SMOLLM2_LAYER, training={"lr": LR[form]},
+            backbone_options={"quantization": quantization}, objective=SPLIT(bidirectional=False),
         )  # fmt: skip
         losses = _Losses()
         trainer = L.Trainer(
@@ -104,8 +104,8 @@ def test_qlora_preparation_gives_float32_hidden_states_the_hook_handles(
     tiny_backbone_dir, sentiment_like_jsonl, prepare
 ):
     module = SteeringModule(
-        backbone=str(tiny_backbone_dir), form=LoRAOptions(), layer=2, quantization="nf4", dtype="bfloat16",
-        prepare_kbit=prepare,
+        backbone=str(tiny_backbone_dir), form=LoRAOptions(), layer=2,
+        backbone_options={"quantization": "nf4", "dtype": "bfloat16", "prepare_kbit": prepare},
     )  # fmt: skip
     module.configure_model()
     assert module.backbone.get_input_embeddings().weight.dtype == (torch.float32 if prepare else torch.bfloat16)
@@ -124,7 +124,9 @@ def test_qlora_preparation_gives_float32_hidden_states_the_hook_handles(
 
 
 def test_quantized_backbone_is_not_moved_cast_or_checkpointed(tiny_backbone_dir):
-    module = SteeringModule(backbone=str(tiny_backbone_dir), form=VectorOptions(), layer=1, quantization="int8")
+    module = SteeringModule(
+        backbone=str(tiny_backbone_dir), form=VectorOptions(), layer=1, backbone_options={"quantization": "int8"}
+    )
     module.configure_model()
     module.to(torch.bfloat16)  # would raise "You cannot cast a bitsandbytes model" if the backbone were inside
     module.to("cpu")

@@ -95,7 +95,7 @@ def lora_checkpoint(tiny_backbone_dir, tmp_path_factory) -> tuple[Path, Steering
         for i in range(8)
     ]
     jsonl.write_text("\n".join(rows) + "\n")
-    module = SteeringModule(backbone=str(tiny_backbone_dir), form=LoRAOptions(), layer=2, lr=0.05)
+    module = SteeringModule(backbone=str(tiny_backbone_dir), form=LoRAOptions(), layer=2, training={"lr": 0.05})
     data = PolarityDataModule(dataset=str(jsonl), batch_size=2)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,

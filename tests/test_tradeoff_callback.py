@@ -115,7 +115,9 @@ def _csv_multipliers(path: Path) -> list[float]:
 
 
 def _module(backbone_dir: Path, **kwargs) -> SteeringModule:
-    return SteeringModule(backbone=str(backbone_dir), form=VectorOptions(init_std=0.3), layer=2, lr=0.05, **kwargs)
+    return SteeringModule(
+        backbone=str(backbone_dir), form=VectorOptions(init_std=0.3), layer=2, training={"lr": 0.05}, **kwargs
+    )
 
 
 # ----------------------------------------------------------------------------- W&B run

@@ -31,7 +31,9 @@ def _steered_preference(method: str, form: str, backbone: Path, root: Path) -> l
         model = DiffMeanSteering(backbone=str(backbone), layer=15)
     else:
         options, lr = FORMS[form]
-        model = SteeringModule(backbone=str(backbone), objective=METHODS[method](), form=options, layer=15, lr=lr)
+        model = SteeringModule(
+            backbone=str(backbone), objective=METHODS[method](), form=options, layer=15, training={"lr": lr}
+        )
     data = PolarityDataModule(dataset="sentiment", train_size=16, val_size=0, test_size=8, batch_size=8,
                               eval_batch_size=8)  # fmt: skip
     trainer = L.Trainer(

@@ -17,9 +17,9 @@ from lightning_split.interventions import form_options
 from lightning_split.objectives import SPLIT
 
 SETTINGS = {
-    "vector": {"lr": 0.1, "form": form_options("vector")},
-    "lora": {"lr": 0.05, "form": form_options("lora", rank=4)},
-    "local_weight": {"lr": 0.05, "form": form_options("local_weight")},
+    "vector": {"training": {"lr": 0.1}, "form": form_options("vector")},
+    "lora": {"training": {"lr": 0.05}, "form": form_options("lora", rank=4)},
+    "local_weight": {"training": {"lr": 0.05}, "form": form_options("local_weight")},
 }
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import torch
 
 from lightning_split import SteeringModule
 from lightning_split.data.datamodule import PolarityDataModule
 from lightning_split.interventions import LoRAOptions
+from lightning_split.models.options import DEFAULT_MULTIPLIERS
 
 
 def _fit(backbone_dir, data_file, root):
     L.seed_everything(7, verbose=False)
-    model = SteeringModule(backbone=str(backbone_dir), form=LoRAOptions(rank=2), layer=2, lr=0.05)
+    model = SteeringModule(backbone=str(backbone_dir), form=LoRAOptions(rank=2), layer=2, training={"lr": 0.05})
     data = PolarityDataModule(dataset=str(data_file), batch_size=4)
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -34,5 +37,10 @@ def test_seeded_training_is_repeatable_and_touches_only_the_control(tiny_backbon
     fresh.configure_model()
     for (name, p), (_, q) in zip(first.backbone.named_parameters(), fresh.backbone.named_parameters()):
         assert torch.equal(p, q), f"backbone parameter {name} changed"
-    saved = (tmp_path / "a" / "control" / "control.json").read_text()
-    assert '"form": "lora"' in saved
+    saved = json.loads((tmp_path / "a" / "control" / "control.json").read_text())
+    assert saved["form"] == "lora"
+    settings = saved["settings"]  # the module's option groups, as its hyper-parameters hold them
+    assert settings["training"] == {"multipliers": list(DEFAULT_MULTIPLIERS), "lr": 0.05, "weight_decay": 0.0}
+    assert settings["evaluation"] == {"multiplier": 1.0, "nll_reduction": "mean"}
+    assert settings["backbone_options"]["dtype"] == "float32" and "generation" not in settings
+    assert settings["form"]["init_args"] == {"rank": 2, "alpha": None, "dropout": 0.0}

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..artifacts import CONTROL_DIRNAME, control_metadata, save_control
-from ..backbone import AttnImplementation, Dtype, Quantization, load_backbone
+from ..backbone import load_backbone
 from ..contracts import RunDescription, SweepSpec
 from ..data.answers import class_label, trainer_answer_classes
 from ..data.batch import PairBatch, repeat_batch
@@ -31,11 +31,9 @@ from ..generation import generate_steered
 from ..interventions import FormOptions, Intervention, VectorOptions, build_control, form_of
 from ..layout import ModelLayout, discover_layout, middle_layer
 from ..metrics import (
-    DEFAULT_REDUCTION,
     AnswerClassSplit,
     PairAccuracy,
     PreferenceLogOdds,
-    Reduction,
     UtilityLogOdds,
     balanced_mean,
 )
@@ -45,11 +43,16 @@ from ..placement import backbone_device_map, backbone_dtype, check_precision_plu
 from ..quantization import prepare_for_kbit_training
 from ..steering import Positions
 from ..sweep import LowerFn
-from .options import check_steering_options
+from .options import (
+    BackboneOptions,
+    EvaluationOptions,
+    GenerationOptions,
+    TrainingOptions,
+    as_options,
+    check_steering_options,
+    option_values,
+)
 from .pair_cache import LowerStateCache, ReferenceCache
-
-DEFAULT_MULTIPLIERS: tuple[float, ...] = tuple(round(0.2 * k, 1) for k in range(1, 11))
-"""Training grid ``{0.2, 0.4, …, 2.0}`` (the released LoRA/local-weight grid; see ``multipliers``)."""
 
 DEFAULT_FORM = VectorOptions()
 """The default control: a steering vector (frozen options, so one shared instance is safe)."""
@@ -57,12 +60,20 @@ DEFAULT_FORM = VectorOptions()
 DEFAULT_OBJECTIVE = f"{SPLIT.__module__}.{SPLIT.__qualname__}"
 """The objective of a module given none (``objective: null``): SPLIT with its default coefficients."""
 
+DEFAULT_TRAINING = TrainingOptions()
+DEFAULT_EVALUATION = EvaluationOptions()
+DEFAULT_GENERATION = GenerationOptions()
+DEFAULT_BACKBONE_OPTIONS = BackboneOptions()
+
 CHECKPOINT_KEY = "lightning_split"
-GENERATION_ARGS = ("predict_multipliers", "max_new_tokens", "do_sample", "temperature")
 
 
 class SteeringModule(L.LightningModule):
     """Trains a control of one form with one objective on polarity pairs.
+
+    What the control is comes first (backbone, objective, form, blocks, positions); the other settings are
+    four groups (:mod:`~lightning_split.models.options`), each given as its dataclass or as a mapping of its
+    fields, e.g. ``training={"lr": 0.05}`` or, in a config, ``training: {lr: 0.05}``.
 
     Args:
         backbone: model to steer: a registered name (``smollm2-135m-instruct``, ``gemma3-270m``), a
@@ -76,34 +87,12 @@ class SteeringModule(L.LightningModule):
         layer: block to steer (``None``: the middle block).
         layers: several blocks (overrides ``layer``; mostly for ``full``).
         positions: steered tokens, the same in training and in use: ``all``, ``completion``, ``prompt``.
-        multipliers: training grid; each example draws its ``m`` uniformly from it. The released vector
-            grid is ``{2, 4, …, 20}``; only the product ``m·v`` matters, so the default ``{0.2, …, 2.0}``
-            is the same family with ``v`` ten times longer and keeps ``m = 1`` inside the grid.
-        eval_multiplier: ``m`` at which validation and test metrics are logged.
-        nll_reduction: ``mean`` (per-token, the authors' code) or ``sum`` (the paper's text) NLL in the
-            log-odds metrics.
-        lr: AdamW learning rate (linear decay to 0 over the run, no warm-up).
-        weight_decay: AdamW weight decay.
-        dtype: backbone dtype (``float32``, ``bfloat16``, ``float16``, ``auto``); ``trainer.precision``
-            ``bf16-true``/``bf16-mixed`` turn ``float32`` into ``bfloat16`` (see
-            :func:`~lightning_split.placement.backbone_dtype`). Also the bitsandbytes compute dtype.
-        quantization: bitsandbytes backbone: ``None``, ``nf4``, ``nf4-dq`` (double quantization), ``int8``.
-            The control is never quantized and stays float32.
-        prepare_kbit: run peft's ``prepare_model_for_kbit_training`` on a quantized backbone (norms and
-            embeddings upcast to float32, the QLoRA recipe); ``None``: for the forms that ask for it
-            (``Intervention.prepare_kbit_by_default``: ``lora``).
-        attn_implementation: ``sdpa`` or ``eager``; ``None``: the architecture's default (``sdpa`` where
-            transformers supports it, ``eager`` otherwise, e.g. Gemma-2). Flash attention cannot take the
-            packed pair mask.
-        reuse_lower_layers: compute the frozen blocks below the control once per pair and reuse them
-            across epochs (exact; only for architectures where it is, see ``ModelLayout``).
-        blocks_path: layout override for unknown architectures (dotted path to the block list).
-        down_proj_path: layout override (dotted path from a block to its down-projection).
-        predict_multipliers: multipliers to generate with in ``predict``.
-        max_new_tokens: generation length in ``predict``.
-        do_sample: sample instead of greedy decoding in ``predict``.
-        temperature: sampling temperature.
-        cache_dir: where converted GGUF backbones are cached.
+        training: multiplier grid, learning rate, weight decay (:class:`TrainingOptions`).
+        evaluation: the multiplier of the validation/test metrics and their NLL reduction
+            (:class:`EvaluationOptions`).
+        generation: what ``predict`` generates (:class:`GenerationOptions`; not recorded in checkpoints).
+        backbone_options: dtype, quantization, attention kernel, lower-block reuse, GGUF cache folder, layout
+            overrides (:class:`BackboneOptions`).
     """
 
     def __init__(
@@ -114,50 +103,43 @@ class SteeringModule(L.LightningModule):
         layer: int | None = None,
         layers: list[int] | None = None,
         positions: Literal["all", "completion", "prompt"] = "all",
-        multipliers: list[float] | None = None,
-        eval_multiplier: float = 1.0,
-        nll_reduction: Reduction = DEFAULT_REDUCTION,
-        lr: float = 0.01,
-        weight_decay: float = 0.0,
-        dtype: Dtype = "float32",
-        quantization: Quantization | None = None,
-        prepare_kbit: bool | None = None,
-        attn_implementation: AttnImplementation | None = None,
-        reuse_lower_layers: bool = True,
-        blocks_path: str | None = None,
-        down_proj_path: str | None = None,
-        predict_multipliers: list[float] | None = None,
-        max_new_tokens: int = 48,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        cache_dir: str | None = None,
+        training: TrainingOptions = DEFAULT_TRAINING,
+        evaluation: EvaluationOptions = DEFAULT_EVALUATION,
+        generation: GenerationOptions = DEFAULT_GENERATION,
+        backbone_options: BackboneOptions = DEFAULT_BACKBONE_OPTIONS,
     ) -> None:
         super().__init__()
-        check_steering_options(locals())  # every argument, by name; before anything is loaded or written
+        # a mapping (from jsonargparse or a checkpoint's hyper-parameters) becomes its dataclass, checked
+        self.training_options = training = as_options(TrainingOptions, training, "training")
+        self.evaluation_options = evaluation = as_options(EvaluationOptions, evaluation, "evaluation")
+        self.generation_options = as_options(GenerationOptions, generation, "generation")
+        self.backbone_options = backbone_options = as_options(BackboneOptions, backbone_options, "backbone_options")
+        # before anything is loaded or written
+        check_steering_options(backbone, objective, form, layer, layers, positions, backbone_options)
         self.form_class: type[Intervention] = form_of(form)
         # Generation settings are not part of what the control is; keeping them out of the checkpoint's
         # hyper-parameters lets `predict --ckpt_path ...` take them from the command line.
-        self.save_hyperparameters(ignore=list(GENERATION_ARGS))
+        self.save_hyperparameters(ignore=["generation"])
         self.objective: Objective | None = objective if objective is not None else SPLIT()
         # The same plain hyper-parameters whether the CLI or Python built the module: form and objective as
-        # {class_path, init_args} (checkpoints load with weights_only=True, loggers can write them), and the
-        # keys with which Lightning rebuilds a module through jsonargparse (`load_from_checkpoint`, and
-        # `--ckpt_path` on the CLI, which keeps the command line's generation settings only when the class
-        # path is the canonical one).
+        # {class_path, init_args}, each group as a dict of its fields (checkpoints load with weights_only=True,
+        # loggers can write them), and the keys with which Lightning rebuilds a module through jsonargparse
+        # (`load_from_checkpoint`, and `--ckpt_path` on the CLI, which keeps the command line's generation
+        # settings only when the class path is the canonical one).
         self.hparams["form"] = _class_spec(form, form.values())
         self.hparams["objective"] = _class_spec(self.objective, self.objective.init_args())
+        for name, options in (
+            ("training", training),
+            ("evaluation", evaluation),
+            ("backbone_options", backbone_options),
+        ):
+            self.hparams[name] = option_values(options)
         self.hparams["_class_path"] = _class_spec(self, {})["class_path"]
         self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-        self.generation = {
-            "predict_multipliers": predict_multipliers,
-            "max_new_tokens": max_new_tokens,
-            "do_sample": do_sample,
-            "temperature": temperature,
-        }
         self.form_options = form
         self.form = self.form_class.form
         self.positions: Positions = positions
-        self.multipliers = [float(m) for m in (multipliers or DEFAULT_MULTIPLIERS)]
+        self.multipliers = [float(m) for m in training.multipliers]
         self.strict_loading = False
         self.__dict__["_frozen_backbone"] = None  # deliberately not a submodule: see `backbone`
         self.tokenizer: Any = None
@@ -166,13 +148,14 @@ class SteeringModule(L.LightningModule):
         self.scorer: PairScorer | None = None
         self._lower_cache = LowerStateCache()
         self._reference_cache = ReferenceCache()
+        reduction = evaluation.nll_reduction
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{at}": nn.ModuleDict(
                     {
-                        "pref_logodds": PreferenceLogOdds(reduction=nll_reduction),
-                        "util_logodds": UtilityLogOdds(reduction=nll_reduction),
-                        "pair_accuracy": PairAccuracy(reduction=nll_reduction),
+                        "pref_logodds": PreferenceLogOdds(reduction=reduction),
+                        "util_logodds": UtilityLogOdds(reduction=reduction),
+                        "pair_accuracy": PairAccuracy(reduction=reduction),
                     }
                 )
                 for stage in ("val", "test")
@@ -182,7 +165,7 @@ class SteeringModule(L.LightningModule):
         self.class_metrics = nn.ModuleDict(
             {
                 f"{stage}_{at}": nn.ModuleDict(
-                    {value: AnswerClassSplit(value, reduction=nll_reduction) for value in CLASS_VALUES}
+                    {value: AnswerClassSplit(value, reduction=reduction) for value in CLASS_VALUES}
                 )
                 for stage in ("val", "test")
                 for at in ("steered", "base")
@@ -211,33 +194,33 @@ class SteeringModule(L.LightningModule):
         """Loads the frozen backbone and builds the control (once; Lightning calls it before fit/test)."""
         if self.backbone is not None:
             return
-        hp = self.hparams
+        options = self.backbone_options
         trainer = self._trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         model, tokenizer = load_backbone(
-            hp.backbone,
-            dtype=backbone_dtype(hp.dtype, trainer.precision if trainer is not None else None),
-            quantization=hp.quantization,
-            cache_dir=hp.cache_dir,
-            device_map=backbone_device_map(device, quantized=hp.quantization is not None),
-            attn_implementation=hp.attn_implementation,
+            self.hparams.backbone,
+            dtype=backbone_dtype(options.dtype, trainer.precision if trainer is not None else None),
+            quantization=options.quantization,
+            cache_dir=options.cache_dir,
+            device_map=backbone_device_map(device, quantized=options.quantization is not None),
+            attn_implementation=options.attn_implementation,
         )
-        prepare = hp.get("prepare_kbit")
-        if hp.quantization and (self.form_class.prepare_kbit_by_default if prepare is None else prepare):
+        prepare = options.prepare_kbit
+        if options.quantization and (self.form_class.prepare_kbit_by_default if prepare is None else prepare):
             model = prepare_for_kbit_training(model)
         model.requires_grad_(False).eval()
         self.__dict__["_frozen_backbone"] = model
         self.tokenizer = tokenizer
-        self.layout = discover_layout(model, blocks_path=hp.blocks_path, down_proj_path=hp.down_proj_path)
+        self.layout = discover_layout(model, blocks_path=options.blocks_path, down_proj_path=options.down_proj_path)
         control = build_control(self.form_options, self.layout, self.control_layers)
         self.control = control.to(device=device, dtype=torch.float32)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.scorer = PairScorer(model, self.layout, pad_id=pad_id, reuse_lower=hp.reuse_lower_layers)
+        self.scorer = PairScorer(model, self.layout, pad_id=pad_id, reuse_lower=options.reuse_lower_layers)
 
     def setup(self, stage: str) -> None:
         """Loads the backbone early, empties the per-pair caches and hands the tokenizer to the data module."""
         if self._trainer is not None:
-            check_precision_plugin(self.trainer, self.hparams.quantization)
+            check_precision_plugin(self.trainer, self.backbone_options.quantization)
         self.configure_model()
         self.clear_caches()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -328,7 +311,7 @@ class SteeringModule(L.LightningModule):
             scorer=self.scorer,
             control=self.control,
             positions=self.positions,
-            reduction=self.hparams.nll_reduction,
+            reduction=self.evaluation_options.nll_reduction,
             training_multipliers=tuple(self.multipliers),
             answer_classes=tuple(trainer_answer_classes(self._trainer)),
             lower=self.lower_states_fn(),
@@ -383,7 +366,8 @@ class SteeringModule(L.LightningModule):
         """AdamW on the control only, learning rate decaying linearly to 0 over the run (per step)."""
         assert self.control is not None
         params = [p for p in self.control.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        training = self.training_options
+        optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
         total: list[int] = []
 
         def linear_decay(step: int) -> float:
@@ -400,7 +384,7 @@ class SteeringModule(L.LightningModule):
 
     # ----------------------------------------------------------------- evaluation
     def _evaluate(self, stage: str, batch: PairBatch) -> None:
-        m = torch.full((len(batch),), float(self.hparams.eval_multiplier), device=self.device)
+        m = torch.full((len(batch),), float(self.evaluation_options.multiplier), device=self.device)
         with torch.no_grad():
             steered = self.score(batch, m)
         base = self.reference(batch, steered)
@@ -450,7 +434,7 @@ class SteeringModule(L.LightningModule):
         """Greedy (or sampled) steered continuations of the prompts of ``batch`` at ``multiplier``."""
         assert self.backbone is not None and self.layout is not None and self.control is not None
         prompts = [batch.prompt_ids[i, :n] for i, n in enumerate(batch.prompt_mask.sum(1).tolist())]
-        gen = self.generation
+        gen = self.generation_options
         return generate_steered(
             self.backbone,
             self.tokenizer,
@@ -459,9 +443,9 @@ class SteeringModule(L.LightningModule):
             prompts,
             torch.full((len(batch),), float(multiplier)),
             self.positions,
-            max_new_tokens=gen["max_new_tokens"],
-            do_sample=bool(gen["do_sample"]),
-            temperature=gen["temperature"],
+            max_new_tokens=gen.max_new_tokens,
+            do_sample=gen.do_sample,
+            temperature=gen.temperature,
         )
 
     def predict_step(self, batch: PairBatch, batch_idx: int) -> list[dict[str, Any]]:
@@ -470,7 +454,7 @@ class SteeringModule(L.LightningModule):
             for i, n in enumerate(batch.prompt_mask.sum(1).tolist())
         ]
         rows = []
-        for m in self.generation["predict_multipliers"] or [0.0, float(self.hparams.eval_multiplier)]:
+        for m in self.generation_options.multipliers or [0.0, float(self.evaluation_options.multiplier)]:
             for i, text in enumerate(self.generate(batch, m)):
                 row = {"index": int(batch.index[i]), "multiplier": float(m), "prompt": prompts[i], "completion": text}
                 rows.append(row)

@@ -60,6 +60,13 @@ def control_metadata(
     }
 
 
+def trained_nll_reduction(metadata: dict[str, Any]) -> str | None:
+    """The NLL reduction a saved control was evaluated with (``settings.evaluation``; the flat ``training``
+    section of controls saved before the settings were grouped), ``None`` if it records none."""
+    grouped = ((metadata.get("settings") or {}).get("evaluation") or {}).get("nll_reduction")
+    return grouped or (metadata.get("training") or {}).get("nll_reduction")
+
+
 class ControlFileError(ValueError):
     """A saved control folder is missing a file or holds a damaged one; the message names the file and the remedy."""
 

@@ -13,7 +13,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lightning_split.artifacts import CONFIG_FILE, WEIGHTS_FILE, control_metadata, load_control, save_control
+from lightning_split.artifacts import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    control_metadata,
+    load_control,
+    save_control,
+    trained_nll_reduction,
+)
 from lightning_split.backbone import load_backbone
 from lightning_split.interventions import FORMS, build_control, form_options
 from lightning_split.layout import discover_layout
@@ -254,3 +261,9 @@ def test_control_saved_before_the_options_were_grouped_still_loads(tiny_backbone
     with torch.no_grad(), steer(layout, control, torch.full((2,), M)):
         expected = model(input_ids=ids, use_cache=False).logits
     assert torch.equal(steered.logits(ids, M), expected)
+
+
+def test_trained_nll_reduction_reads_the_grouped_and_the_old_flat_layout() -> None:
+    assert trained_nll_reduction({"settings": {"evaluation": {"nll_reduction": "sum"}}}) == "sum"
+    assert trained_nll_reduction({"training": {"nll_reduction": "mean"}}) == "mean"
+    assert trained_nll_reduction({"settings": {"training": {"lr": 0.1}}}) is None

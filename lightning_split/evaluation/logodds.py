@@ -67,8 +67,9 @@ def from_sweep(
 ) -> LogOdds:
     """Sweeps ``pairs`` under the steered model's control over ``multipliers`` (0 added for the utility baseline).
 
-    The NLL reduction is the one the control was trained with (``metadata["training"]["nll_reduction"]``).
+    The NLL reduction is the control's own (:func:`~lightning_split.artifacts.trained_nll_reduction`).
     """
+    from ..artifacts import trained_nll_reduction
     from ..data.datamodule import PairCollator
     from ..data.tokenize import PairTokenizer
     from ..engine import PairScorer
@@ -80,7 +81,7 @@ def from_sweep(
     collate = PairCollator(encoder.pad_id)
     batches = [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
     scorer = PairScorer(steered.model, steered.layout, pad_id=encoder.pad_id)
-    reduction = (steered.metadata.get("training") or {}).get("nll_reduction") or DEFAULT_REDUCTION
+    reduction = trained_nll_reduction(steered.metadata) or DEFAULT_REDUCTION
     grid = sorted({0.0, *(float(m) for m in multipliers)})
     curve = sweep(
         scorer, steered.control, batches, grid, positions=steered.positions, reduction=reduction, progress=False

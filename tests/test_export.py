@@ -258,3 +258,10 @@ def test_svd_adapter_in_peft_gives_the_steered_logits_at_full_rank(
     with torch.no_grad():
         theirs = PeftModel.from_pretrained(base, str(tmp_path / "lora")).eval()(input_ids=ids).logits
     torch.testing.assert_close(theirs, ours, atol=2e-5, rtol=0)
+
+
+def test_command_lists_the_package_formats() -> None:
+    from lightning_split.commands import export as command
+    from lightning_split.export import FORMATS
+
+    assert command._FORMATS == FORMATS  # the command keeps its own copy so that --help imports no torch

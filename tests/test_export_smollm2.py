@@ -23,8 +23,7 @@ from lightning_split.artifacts import SteeredModel, control_metadata, load_steer
 from lightning_split.backbone import load_backbone
 from lightning_split.data.tokenize import PairTokenizer
 from lightning_split.export import export_control
-from lightning_split.interventions import form_options
-from lightning_split.interventions import build_control as build
+from lightning_split.interventions import build_control, form_options
 from lightning_split.layout import discover_layout
 
 pytestmark = pytest.mark.slow
@@ -56,7 +55,7 @@ class Gap:
 
 def _saved(root: Path, form: str, options: dict) -> Path:
     model, _ = load_backbone(MODEL)
-    control = build(form_options(form, **options), discover_layout(model), [LAYER])
+    control = build_control(form_options(form, **options), discover_layout(model), [LAYER])
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in control.parameters():

@@ -1,7 +1,10 @@
 # Two commands on a fresh machine:
 #   make demo   create .venv if missing, install everything, train SPLIT (vector) on the embedded pairs
 #               with SmolLM2-135M-Instruct, then sweep the multiplier on the test split and write the report
-#   make test   create .venv if missing, install everything, run the whole test suite
+#   make test   create .venv if missing, install everything, build llama-server once (cached), run the whole test
+#               suite (the llama.cpp interop tests find the binary through $LIGHTNING_SPLIT_LLAMA_SERVER)
+#   make llama-server   build llama.cpp's llama-server from the llama-cpp-python sdist into ~/.cache/lightning_split
+#               (about 10 min on 2 cores, once per version) and print its path
 # CI (.ci/run) also runs:
 #   make test-floor   the layout/engine/lower-reuse/PEFT-format tests in .venv-floor, which has the oldest
 #                     supported transformers and peft (their lower bounds in pyproject.toml)
@@ -20,7 +23,7 @@ floor_of = $(shell sed -n 's/^ *"$(1)>=\([0-9.]*\)[,"].*/\1/p' pyproject.toml)
 FLOOR_PINS := transformers==$(call floor_of,transformers) peft==$(call floor_of,peft)
 FLOOR_TESTS := tests/test_layout.py tests/test_engine.py tests/test_lower_reuse.py tests/test_peft_format.py
 
-.PHONY: install demo test test-floor test-wheel lint configs
+.PHONY: install demo test test-floor test-wheel lint configs llama-server
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,8 +39,14 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/lightning-split fit --config configs/demo.yaml
 
-test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# the script prints the binary's path on its last line; a second call finds it in the cache at once
+LLAMA_SERVER_BUILD := PIP=$(PIP) scripts/build_llama_server.sh
+
+llama-server: install
+	$(LLAMA_SERVER_BUILD)
+
+test: install llama-server
+	LIGHTNING_SPLIT_LLAMA_SERVER="$$($(LLAMA_SERVER_BUILD) | tail -n 1)" $(PY) -m pytest -q $(PYTEST_ARGS)
 
 $(FLOOR_VENV)/.installed: pyproject.toml Makefile
 	@case "$(FLOOR_PINS) " in *"== "*) echo "a lower bound is missing in pyproject.toml: $(FLOOR_PINS)"; exit 1;; esac

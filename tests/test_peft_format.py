@@ -127,3 +127,42 @@ def test_import_rejects_what_it_cannot_represent(tmp_path: Path) -> None:
         import_peft_adapter(out, other)
     with pytest.raises(FileNotFoundError, match="not a peft adapter"):
         import_peft_adapter(tmp_path / "missing", model)
+
+
+@pytest.mark.parametrize("multiplier", [0.0, 2.5, -1.25])
+def test_folded_multiplier_gives_peft_our_logits_at_m(multiplier: float, tmp_path: Path) -> None:
+    """peft has no multiplier: ``lora_alpha·m`` (lightning_split.export.peft_lora.folded) makes its adapter ``m·Δh``."""
+    from lightning_split.export.peft_lora import folded
+
+    model, lora = _random_lora("llama", seed=7)
+    out = export_peft_adapter(folded(lora, multiplier), model, tmp_path / "a")
+    assert json.loads((out / "adapter_config.json").read_text())["lora_alpha"] == pytest.approx(7.0 * multiplier)
+    ids = _ids(2)
+    with torch.no_grad():
+        with steer(discover_layout(model), [lora], multiplier):
+            ours = model(ids).logits
+        theirs = PeftModel.from_pretrained(copy.deepcopy(model), str(out)).eval()(input_ids=ids).logits
+        base = model(ids).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    assert multiplier == 0.0 or (ours - base).abs().max() > 1e-2
+
+
+def test_several_blocks_export_as_one_adapter(tmp_path: Path) -> None:
+    model = make_tiny_model("llama")
+    layout = discover_layout(model)
+    loras = [build_intervention(LoRAOptions(rank=3, alpha=7.0), layout, layer) for layer in (1, 3)]
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in (p for lora in loras for p in lora.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    out = export_peft_adapter(loras, model, tmp_path / "a")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["model.layers.1.mlp.down_proj", "model.layers.3.mlp.down_proj"]
+    ids = _ids(3)
+    with torch.no_grad():
+        with steer(layout, loras, 1.0):
+            ours = model(ids).logits
+        theirs = PeftModel.from_pretrained(copy.deepcopy(model), str(out)).eval()(input_ids=ids).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="differ in"):
+        export_peft_adapter([loras[0], build_intervention(LoRAOptions(rank=2), layout, 2)], model, tmp_path / "b")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,49 +52,62 @@ def down_proj_module_path(model: nn.Module, layer: int, layout: ModelLayout | No
     raise ValueError(f"the down-projection of block {layer} is not a submodule of {type(model).__name__}")
 
 
-def peft_key(module_path: str, which: str) -> str:
-    """peft's state-dict key of ``lora_A`` / ``lora_B`` on ``module_path`` (``which`` is ``"A"`` or ``"B"``)."""
-    return f"{KEY_PREFIX}{module_path}.lora_{which}.weight"
+def peft_key(module_path: str, which: str, tensor: str = "weight") -> str:
+    """peft's state-dict key of ``lora_A`` / ``lora_B`` on ``module_path`` (``which`` is ``"A"`` or ``"B"``;
+    ``tensor`` is ``"weight"`` or, for ``lora_B`` with peft's ``lora_bias``, ``"bias"``)."""
+    return f"{KEY_PREFIX}{module_path}.lora_{which}.{tensor}"
 
 
 def export_peft_adapter(
-    intervention: LoRAIntervention,
+    intervention: LoRAIntervention | Sequence[LoRAIntervention],
     model: nn.Module,
     directory: str | Path,
     base_model_name_or_path: str | None = None,
     layout: ModelLayout | None = None,
+    biases: Mapping[int, torch.Tensor] | None = None,
 ) -> Path:
     """Writes ``intervention`` as a peft LoRA adapter folder; returns the folder.
 
     Args:
-        intervention: the LoRA control (one block's down-projection).
+        intervention: the LoRA control (one block's down-projection), or one per block of a several-block
+            control (they must share rank, alpha and dropout: peft's config holds one of each).
         model: the backbone it belongs to (gives the module path of the down-projection).
         directory: output folder (created).
         base_model_name_or_path: recorded in ``adapter_config.json`` (defaults to the model config's
             ``_name_or_path`` when it has one).
         layout: the model's layout (discovered when omitted).
+        biases: a bias on ``lora_B`` per block (peft's ``lora_bias``, scaled like the branch), e.g. the ``Δb`` of
+            a local-weight control approximated by a LoRA; ``None`` writes a plain LoRA.
     """
+    interventions = [intervention] if isinstance(intervention, LoRAIntervention) else list(intervention)
+    shared = {(iv.rank, iv.alpha, iv.dropout_p) for iv in interventions}
+    if len(shared) != 1:
+        raise ValueError(f"the LoRA interventions differ in (rank, alpha, dropout) {sorted(shared)}; peft needs one")
+    first = interventions[0]
     layout = layout or discover_layout(model)
-    path = down_proj_module_path(model, intervention.layer, layout)
+    paths = {iv.layer: down_proj_module_path(model, iv.layer, layout) for iv in interventions}
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     config = LoraConfig(
-        r=intervention.rank,
-        lora_alpha=intervention.alpha,
-        lora_dropout=intervention.dropout_p,
-        target_modules=[path],
+        r=first.rank,
+        lora_alpha=first.alpha,
+        lora_dropout=first.dropout_p,
+        target_modules=[paths[iv.layer] for iv in interventions],
         fan_in_fan_out=layout.down_proj_conv1d,
         bias="none",
+        lora_bias=biases is not None,
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_model_name_or_path,
     )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(directory))
-    tensors = {
-        peft_key(path, "A"): intervention.lora_A.weight.detach().float().contiguous().cpu(),
-        peft_key(path, "B"): intervention.lora_B.weight.detach().float().contiguous().cpu(),
-    }
+    tensors: dict[str, torch.Tensor] = {}
+    for iv in interventions:
+        tensors[peft_key(paths[iv.layer], "A")] = iv.lora_A.weight.detach().float().contiguous().cpu()
+        tensors[peft_key(paths[iv.layer], "B")] = iv.lora_B.weight.detach().float().contiguous().cpu()
+        if biases is not None:
+            tensors[peft_key(paths[iv.layer], "B", "bias")] = biases[iv.layer].detach().float().contiguous().cpu()
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     return directory
 

@@ -43,7 +43,7 @@ def _save(
     """Saves a random control of ``form`` for ``backbone`` (the tiny Llama folder unless a string is given)."""
     model = make_tiny_model("llama") if isinstance(backbone, str) else AutoModelForCausalLM.from_pretrained(backbone)
     control = _random_control(form, model, layers, seed)
-    hparams = {"backbone": str(backbone), "positions": positions, "lr": 0.01, "form": form}
+    hparams = {"backbone": str(backbone), "positions": positions, "training": {"lr": 0.01}, "form": form}
     return save_control(directory, control, control_metadata(control, hparams, "split", [0.0, 1.0, 2.0]))
 
 
@@ -79,7 +79,7 @@ def test_gguf_holds_each_block_vector_and_the_training_settings(
         np.testing.assert_array_equal(file.directions[layer], expected.astype(np.float32))
     assert file.metadata["form"] == "vector" and file.metadata["positions"] == "all"
     assert file.metadata["multiplier"] == ("runtime scale" if multiplier is None else repr(multiplier))
-    assert '"lr": 0.01' in file.metadata["training"] and file.metadata["multipliers"] == "[0.0, 1.0, 2.0]"
+    assert '"lr": 0.01' in file.metadata["settings"] and file.metadata["multipliers"] == "[0.0, 1.0, 2.0]"
 
 
 def test_gguf_layer_count_and_architecture_keys(tiny_backbone_dir: Path, tmp_path: Path) -> None:

@@ -1,19 +1,12 @@
 """OpenAIJudge against a real ``llama-server`` (llama.cpp) serving the embedded SmolLM2-135M-Instruct GGUF: real
 replies come back through the OpenAI client, are scored or counted as unparseable, and a rerun makes no call.
 
-The server fixture is minimal (start, wait for ``/health``, stop); it mirrors ``tests/llama_server.py``'s
-``llama_server(model)`` so that the two can be merged. Like the interop tests, it fails instead of skipping when
-the binary is missing (``make llama-server`` builds it).
+The server comes from ``tests/llama_server.py``; like the interop tests, these fail instead of skipping when the
+binary is missing (``make llama-server`` builds it).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,54 +22,24 @@ from lightning_split.judges import (
     score_axbench,
     score_bipo,
 )
+from tests.llama_server import llama_server
 
 pytestmark = pytest.mark.slow
 
-BINARY_ENV = "LIGHTNING_SPLIT_LLAMA_SERVER"
-
-
-def _binary() -> Path:
-    root = Path(os.environ.get("LIGHTNING_SPLIT_CACHE") or Path.home() / ".cache" / "lightning_split")
-    path = Path(os.environ.get(BINARY_ENV) or root / "llama-server" / "0.3.36" / "bin" / "llama-server")
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"llama-server not found at {path}: run `make llama-server` or set {BINARY_ENV}")
-    return path
-
 
 @pytest.fixture(scope="module")
-def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def llama_url() -> Iterator[str]:
     """The OpenAI base URL (``http://127.0.0.1:<port>/v1``) of a llama-server running the SmolLM2 GGUF."""
     try:
         gguf = resolve_registered_model("smollm2-135m-instruct")
     except ModelPackageMissingError as err:
         pytest.skip(str(err))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    command = [str(_binary()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
-               "--threads", "1", "--parallel", "2", "--no-webui"]  # fmt: skip
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"llama-server did not become healthy:\n{log.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server = llama_server(gguf, threads=1, extra_args=["--parallel", "2"])
+        with server as running:
+            yield running.openai_base_url
+    except FileNotFoundError as err:  # no binary: fail, never skip (make test builds it)
+        pytest.fail(str(err))
 
 
 def _check_counted(result: ScoringResult, prompts: int, scale: tuple[float, float]) -> None:

@@ -74,7 +74,8 @@ def training_metadata(metadata: dict[str, Any], multiplier: float | None) -> dic
         "objective": str(metadata.get("objective")),
         "positions": str(metadata.get("positions", "all")),
         "multipliers": json.dumps(metadata.get("multipliers", [])),
-        "training": json.dumps(metadata.get("training", {}), sort_keys=True),
+        # the grouped settings (controls saved before the settings were grouped: their flat "training" section)
+        "settings": json.dumps(metadata.get("settings", metadata.get("training", {})), sort_keys=True),
         "multiplier": "runtime scale" if multiplier is None else repr(float(multiplier)),
     }
 

@@ -48,7 +48,7 @@ def test_negatives_are_the_unsteered_greedy_replies_and_are_cached(
     tiny_backbone_dir: Path, shared_data_dir: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, tokenizer = load_backbone(str(tiny_backbone_dir))
-    calls = count_calls(monkeypatch, negatives_module, "_write_atomic")
+    calls = count_calls(monkeypatch, negatives_module, "write_text_atomic")
     dm = _data(shared_data_dir)
     _complete(dm, model, tokenizer, batch_size=1)  # one prompt per batch: no padding, comparable with generate
     assert (dm.negatives.generated, dm.negatives.reused, calls[0]) == (10, 0, 2)  # one file per concept

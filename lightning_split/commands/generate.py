@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from lightning_split.artifacts import CONFIG_FILE, CONTROL_DIRNAME, ControlFileError
 from lightning_split.data.pairs import DataFileError
 from lightning_split.errors import OptionError
+from lightning_split.files import write_text_atomic
 
 HELP = "steered replies of a saved control: prompts x multipliers in one batch, to JSONL and a table"
 
@@ -123,17 +123,6 @@ def format_table(rows: list[dict[str, Any]], width: int = 100) -> str:
     return "\n".join(lines)
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Writes the rows to a temporary file beside ``path`` (ordinary permissions), then moves it there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def main(argv: list[str]) -> None:
     """Runs ``lightning-split generate`` (see the module docstring)."""
     args = _parser().parse_args(argv)
@@ -167,6 +156,6 @@ def main(argv: list[str]) -> None:
         )
         rows += [{"prompt": r["prompt"], "m": r["multiplier"], "text": r["text"]} for r in replies]
     seconds = time.perf_counter() - start
-    _write_jsonl(output, rows)
+    write_text_atomic(output, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     print(format_table(rows))
     print(f"{len(rows)} replies in {seconds:.1f} s; written to {output}")

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..files import write_text_atomic
+
 CACHE_FORMAT = 1
 """Bumped when the cache file's layout or the way replies are made changes; part of the key."""
 
@@ -131,17 +133,6 @@ def _read_cached(path: Path, prompts: Sequence[Sequence[int]]) -> list[str] | No
     return replies if same and all(isinstance(r, str) for r in replies) else None
 
 
-def _write_atomic(path: Path, content: dict[str, Any]) -> None:
-    """Writes ``content`` as JSON to a temporary file beside ``path`` (ordinary permissions), then moves it there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(content), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @dataclass
 class ReplyCache:
     """Unsteered replies of one backbone, cached per group of prompts (one AxBench concept).
@@ -228,5 +219,5 @@ class ReplyCache:
             "prompts": [list(map(int, p)) for p in prompts],
             "replies": out,
         }
-        _write_atomic(self.path(prompts), content)
+        write_text_atomic(self.path(prompts), json.dumps(content))
         return out

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text_atomic
 from .judging import AGGREGATE
 from .prompts import AXBENCH, HALVES
 from .protocol import EvaluationResult
@@ -21,16 +22,6 @@ JUDGED_FILE = "judged.jsonl"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 WANDB_SAMPLES = 200
-
-
-def _write(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file beside ``path`` (ordinary permissions), then moves it there."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -152,9 +143,10 @@ def write_outputs(result: EvaluationResult, folder: str | Path) -> dict[str, Pat
     """Writes ``judged.jsonl``, ``results.json`` and ``report.md`` into ``folder``; returns their paths."""
     folder = Path(folder)
     paths = {"judged": folder / JUDGED_FILE, "results": folder / RESULTS_FILE, "report": folder / REPORT_FILE}
-    _write(paths["judged"], "".join(json.dumps(j.as_dict(), ensure_ascii=False) + "\n" for j in result.judged))
-    _write(paths["results"], json.dumps(results_dict(result), indent=2))
-    _write(paths["report"], markdown(result))
+    lines = "".join(json.dumps(j.as_dict(), ensure_ascii=False) + "\n" for j in result.judged)
+    write_text_atomic(paths["judged"], lines)
+    write_text_atomic(paths["results"], json.dumps(results_dict(result), indent=2))
+    write_text_atomic(paths["report"], markdown(result))
     return paths
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OptionError
+from ..files import write_text_atomic
 
 SETTINGS_FILE = "settings.json"
 GENERATIONS_FILE = "generations.jsonl"
@@ -88,9 +89,7 @@ class GenerationStore:
                 "choose a new or empty --out (an evaluation never writes among other files)"
             )
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = settings_path.with_name(f".{SETTINGS_FILE}.tmp")
-        tmp.write_text(json.dumps(self.settings, indent=2, sort_keys=True))
-        os.replace(tmp, settings_path)
+        write_text_atomic(settings_path, json.dumps(self.settings, indent=2, sort_keys=True))
 
     def _load(self) -> None:
         if not self.path.is_file():

@@ -15,7 +15,7 @@ checks that the replies are identical). Tokens/s counts the generated tokens up 
 measurement is the median of ``--repeats`` runs after one warm-up run.
 
 Usage:
-    python scripts/bench_generation.py                        # 32 prompts, 64 new tokens, 5 repeats
+    python scripts/bench_generation.py                        # 16 prompts, 48 new tokens, 3 repeats (minutes on 2 CPUs)
     python scripts/bench_generation.py --prompts 4 --max-new-tokens 8 --repeats 1   # a quick check
     python scripts/bench_generation.py --json bench.json --append docs/benchmarks.md
 """
@@ -85,10 +85,16 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def median_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, Any]:
-    """One warm-up run, then the median wall time of ``repeats`` runs, and the last result."""
-    timed(fn, device)
-    runs = [timed(fn, device) for _ in range(repeats)]
+def median_time(fn: Callable[[], Any], repeats: int, device: torch.device, label: str) -> tuple[float, Any]:
+    """One warm-up run, then the median wall time of ``repeats`` runs, and the last result; a progress line on
+    stderr after every run (flushed, so it shows when output is not a terminal)."""
+    runs = []
+    for i in range(repeats + 1):
+        seconds, out = timed(fn, device)
+        kind = "warm-up" if i == 0 else f"run {i}/{repeats}"
+        print(f"[bench_generation] {label}: {kind} {seconds:.1f} s", file=sys.stderr, flush=True)
+        if i:
+            runs.append((seconds, out))
     return statistics.median(t for t, _ in runs), runs[-1][1]
 
 
@@ -101,9 +107,9 @@ def main() -> None:
     """Runs both measurements and prints (and optionally saves) the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=32, help="number of prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--prompts", type=int, default=16, help="number of prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--data-dir", default=None, help="data directory holding axbench/ (default: as the project)")
@@ -135,14 +141,17 @@ def main() -> None:
         cut = [next((r[:i] for i, t in enumerate(r) if t in stops), r) for r in rows]
         return [tokenizer.decode(r, skip_special_tokens=True) for r in cut]
 
-    t_plain, plain_texts = median_time(plain, args.repeats, device)
-    t_steered, steered_texts = median_time(lambda: steered(ids, [1.0] * len(ids)), args.repeats, device)
+    t_plain, plain_texts = median_time(plain, args.repeats, device, "plain generate")
+    t_steered, steered_texts = median_time(lambda: steered(ids, [1.0] * len(ids)), args.repeats, device,
+                                           "steered, m = 1")  # fmt: skip
     if steered_texts != plain_texts:
         raise SystemExit("the zero-vector steered replies differ from plain generate: the comparison is not fair")
     tokens = count_tokens(tokenizer, plain_texts)
     batch_rows = [row for row in ids for _ in GRID]
-    t_batch, batch_texts = median_time(lambda: steered(batch_rows, GRID * len(ids)), args.repeats, device)
-    t_each, _ = median_time(lambda: [steered(ids, [m] * len(ids)) for m in GRID], args.repeats, device)
+    t_batch, batch_texts = median_time(lambda: steered(batch_rows, GRID * len(ids)), args.repeats, device,
+                                       "7 multipliers, one batch")  # fmt: skip
+    t_each, _ = median_time(lambda: [steered(ids, [m] * len(ids)) for m in GRID], args.repeats, device,
+                            "7 multipliers, one at a time")  # fmt: skip
     batch_tokens = count_tokens(tokenizer, batch_texts)
 
     results = {

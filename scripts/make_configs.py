@@ -1,10 +1,11 @@
 """Writes the shipped YAML configs (``configs/``) from one table of settings.
 
-Every form × objective on SmolLM2-135M-Instruct for the embedded sentiment pairs, Psychopathy and
-PowerSeeking, starting from the authors' released settings (``../shared/docs/paper-notes.md`` §4, the
-Gemma-2-9B rows) scaled to the model: the middle block (15 of 30) instead of 20 of 42, and the multiplier
-grid {0.2, …, 2.0} for every form (for the vector form only ``m·v`` matters, so this is the released
-{2, …, 20} grid with a ten times longer vector, and ``m = 1`` sits inside it).
+Every form × objective on SmolLM2-135M-Instruct for the embedded sentiment pairs, Psychopathy, PowerSeeking
+and AxBench Concept10 (one concept per run: concept 3, online gambling, unless ``--data.concepts '[5]'`` and
+``--run_name`` say otherwise), starting from the authors' released settings (``../shared/docs/paper-notes.md`` §4,
+the Gemma-2-9B rows) scaled to the model: the middle block (15 of 30) instead of 20 of 42, and the multiplier grid
+{0.2, …, 2.0} for every form (for the vector form only ``m·v`` matters, so this is the released {2, …, 20} grid
+with a ten times longer vector, and ``m = 1`` sits inside it).
 
 Each config holds only what differs from ``configs/base.yaml`` (the trainer, offline W&B, checkpoints and the
 trade-off sweep), which it reads first through its ``base:`` line, and names its run once (``run_name``; the
@@ -26,7 +27,7 @@ from lightning_split.objectives import OBJECTIVE_REGISTRY, OBJECTIVES, SPLIT, Ob
 
 MODEL = "smollm2-135m-instruct"
 LAYER = 15
-DATASETS = ("sentiment", "psychopathy", "power-seeking")
+DATASETS = ("sentiment", "psychopathy", "power-seeking", "axbench")
 
 # Optimiser settings and form options per form (released: vectors lr 0.08, bs 4 × GA 1; LoRA / local weight
 # lr 0.01, 4 × 2). Every form of the registry ships configs; a form without a row takes DEFAULT_FORM_SETTINGS
@@ -43,6 +44,11 @@ FORM_SETTINGS = {
 # SPLIT coefficients (λ_n, γ, θ, bidirectional) per dataset and form, from the released Gemma-2 configs;
 # the embedded sentiment pairs are free-form like AxBench and take the AxBench rows. ReFT and full
 # fine-tuning were not released; they take the LoRA row.
+AXBENCH_SPLIT = {
+    "vector": (0.6, 4.0, 0.5, False),
+    "lora": (0.5, 5.0, 0.45, False),
+    "local_weight": (0.3, 3.5, 0.6, False),
+}
 SPLIT_SETTINGS = {
     "psychopathy": {
         "vector": (0.5, 8.0, 0.3, True),
@@ -54,13 +60,16 @@ SPLIT_SETTINGS = {
         "lora": (0.5, 5.0, 0.4, False),
         "local_weight": (0.5, 5.0, 0.4, False),
     },
-    "sentiment": {
-        "vector": (0.6, 4.0, 0.5, False),
-        "lora": (0.5, 5.0, 0.45, False),
-        "local_weight": (0.3, 3.5, 0.6, False),
-    },
+    "sentiment": AXBENCH_SPLIT,
+    "axbench": AXBENCH_SPLIT,
 }
-EPOCHS = {"sentiment": 2, "psychopathy": 2, "power-seeking": 2}
+EPOCHS = {"sentiment": 2, "psychopathy": 2, "power-seeking": 2, "axbench": 2}
+# Data options beyond the dataset's name: an AxBench run trains one concept (its 64 train / 8 test re-split).
+DATA_OPTIONS: dict[str, dict] = {"axbench": {"concepts": [3]}}
+# AxBench splits have no validation pairs (the paper's 64/8): no validation loop and no validation sweeps.
+NO_VALIDATION = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+TRAINER_OPTIONS: dict[str, dict] = {"axbench": NO_VALIDATION}
+TRADEOFF_OPTIONS: dict[str, dict] = {"axbench": {"every_n_val_epochs": 0}}
 # 20 multipliers: the report fits curves only with at least 2 distinct multipliers per fitted parameter (18 for
 # the 9-parameter preference curve), finely spaced inside the training range and a few points beyond it.
 SWEEP = [round(0.25 * k, 2) for k in range(-8, 9)] + [2.5, 3.0, 4.0]
@@ -160,9 +169,13 @@ def evaluation(dataset: str) -> dict:
 
 def run_config(run: str, trainer: dict, model: dict, data: dict, **extra: object) -> dict:
     """One shipped config: the base (its path is set by :func:`all_configs`), the run's name (its folders follow)
-    and what differs from the base."""
+    and what differs from the base; a dataset's own data, trainer and sweep options are added here."""
+    dataset = data.get("dataset")
     base = base_config()["trainer"]
-    trainer = {k: v for k, v in trainer.items() if k not in base or base[k] != v}
+    trainer = {k: v for k, v in {**trainer, **TRAINER_OPTIONS.get(dataset, {})}.items() if base.get(k, ...) != v}
+    data = {**data, **DATA_OPTIONS.get(dataset, {})}
+    if dataset in TRADEOFF_OPTIONS:
+        extra = {"tradeoff": Flow(TRADEOFF_OPTIONS[dataset]), **extra}
     return {"base": None, "run_name": run, "trainer": trainer, "model": model, "data": data, **extra}
 
 

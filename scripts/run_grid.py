@@ -96,7 +96,9 @@ class Grid:
     diffmean: bool = True
 
     def cells(self) -> list[Cell]:
-        """Every cell, by dataset, then form, then objective (DiffMean first among the vectors), then seed."""
+        """Every cell: first each cell's first seed, by dataset, then form, then objective (DiffMean first among
+        the vectors); then the headline cells' further seeds in the same order. A grid stopped part way has one
+        seed of as many cells as possible (it resumes where it stopped)."""
         cells = []
         for dataset in self.datasets:
             for form in self.forms:
@@ -106,7 +108,7 @@ class Grid:
                 for objective in objectives:
                     seeds = self.seeds if (objective, form) in self.headline else self.seeds[:1]
                     cells += [Cell(dataset, objective, form, seed) for seed in seeds]
-        return cells
+        return sorted(cells, key=lambda cell: self.seeds.index(cell.seed))
 
 
 REDUCED_GRID = Grid(
@@ -445,6 +447,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", help="only these datasets")
     p.add_argument("--objectives", nargs="+", help="only these objectives (diffmean included)")
     p.add_argument("--forms", nargs="+", help="only these forms")
+    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (of 42 43 44; e.g. --seeds 42: one pass)")
     p.add_argument("--max-utility-drop", type=float, default=1.0, help="utility budget of the comparison")
     p.add_argument("--dry-run", action="store_true", help="list the cells, the cuts and an estimate; run nothing")
     return p
@@ -467,9 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (args.datasets is None or cell.dataset in args.datasets)
         and (args.objectives is None or cell.objective in args.objectives)
         and (args.forms is None or cell.form in args.forms)
+        and (args.seeds is None or cell.seed in args.seeds)
     ]
     if not cells:
-        raise SystemExit("run_grid: no cell left after --datasets/--objectives/--forms")
+        raise SystemExit("run_grid: no cell left after --datasets/--objectives/--forms/--seeds")
     if args.dry_run:
         estimate = None if size.seconds_per_cell is None else size.seconds_per_cell * len(cells)
         print(f"{len(cells)} cells; size {size.name}: {size.cuts()}")

@@ -34,8 +34,8 @@ def test_committed_configs_match_the_generator() -> None:
     expected = {path: gen.render(path, title, cfg) for path, (title, cfg) in gen.all_configs().items()}
     shipped = {str(p.relative_to(ROOT / "configs")): p.read_text() for p in [BASE, *CONFIGS]}
     assert shipped == expected, "configs/ is out of date: run python scripts/make_configs.py"
-    # every objective x form and DiffMean per dataset (66 files with 4 objectives and 5 forms), and the base
-    assert len(CONFIGS) == 3 * (len(OBJECTIVES) * len(FORMS) + 1) + 1 + len(gen.GPU_RUNS)
+    # every objective x form and DiffMean per dataset (87 files with 4 datasets, 4 objectives and 5 forms), the demo
+    assert len(CONFIGS) == 4 * (len(OBJECTIVES) * len(FORMS) + 1) + 1 + len(gen.GPU_RUNS)
     gpu = {path: cfg for path, (_, cfg) in gen.all_configs().items() if path.startswith("gpu/")}
     assert any(cfg["trainer"].get("devices", 1) == 1 for cfg in gpu.values()), "no single-GPU config"
     assert any(cfg["trainer"].get("strategy") == "ddp" and cfg["trainer"]["devices"] > 1 for cfg in gpu.values())

@@ -79,6 +79,8 @@ def test_grid_has_three_seeds_for_the_headline_cells_only() -> None:
     assert seeds[("power-seeking", "diffmean", "vector")] == 1
     assert ("psychopathy", "diffmean", "lora") not in seeds
     assert len(cells) == 2 * (4 * 4 + 1) + 2 * 6 * 2  # 34 cells, 12 headline cells with two more seeds
+    assert {cell.seed for cell in cells[:34]} == {42}  # one seed of every cell first: a stopped grid covers most
+    assert len(set(cells)) == len(cells)
     for cell in cells:  # every cell has its shipped config
         assert all(path.is_file() for path in run_grid.cell_configs(cell.dataset, cell.objective, cell.form))
 

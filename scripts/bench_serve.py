@@ -70,6 +70,11 @@ def random_control(backbone: str, directory: Path) -> Path:
     return save_control(directory, control, metadata)
 
 
+def say(message: str) -> None:
+    """A progress line on stderr (flushed: it shows when output is not a terminal)."""
+    print(f"[bench_serve {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -162,16 +167,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         control = args.control or random_control(args.backbone, Path(tmp) / "control")
         port = free_port()
+        say(f"starting lightning-split serve on port {port}")
         server = start_server(control, args, port)
         try:
+            say(f"sending {len(requests)} requests from {args.clients} clients")
             served, latencies, wall = run_clients(port, requests, args.clients, args.max_tokens)
         finally:
             server.terminate()
             server.wait(60)
+        say(f"served in {wall:.1f} s; now SteeredModel.generate in this process, one request per call")
         options = {"dtype": args.dtype, "device_map": args.device_map}
         steered = load_steered(control, **{k: v for k, v in options.items() if v})
         loop, loop_latencies, loop_wall = in_process(steered, requests, 1, args.max_tokens)
+        say(f"one request per call: {loop_wall:.1f} s; now {args.max_batch_size} requests per call")
         batched, batched_latencies, batched_wall = in_process(steered, requests, args.max_batch_size, args.max_tokens)
+        say(f"{args.max_batch_size} requests per call: {batched_wall:.1f} s")
 
     def tokens(texts: list[str]) -> int:
         return sum(len(steered.tokenizer.encode(t, add_special_tokens=False)) for t in texts)

@@ -91,3 +91,23 @@ def test_analyze_names_the_curves_it_found(run_dir: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit):
         main([str(run_dir), "--curve", str(run_dir / "tradeoff" / "val-epoch000" / "curve.json")])
     assert "tradeoff/test/curve.json" in capsys.readouterr().err
+
+
+def test_analyze_measures_a_grid_of_its_own(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--multipliers`` measures another grid on the curve's pairs; the report names both grids and compares the
+    recomputed utility with the saved curve's only where the grids meet (0 and 2 here)."""
+    out = run_dir / "wider"
+    main([str(run_dir), "--multipliers", "0", "2", "3", "4", "--reference-pairs", "8", "--k", "3", "--out", str(out)])
+    capsys.readouterr()
+    text = (out / "manifold.md").read_text()
+    assert "| grid | 0, 2, 3, 4 (the run swept -2, -1.8," in text
+    assert "curve on the same pairs at 2 multipliers the saved curve also has" in text
+    assert float(text.split("by at most ")[1].split(" ")[0]) < 1e-4
+    assert "nan" not in text.lower()
+
+
+def test_analyze_refuses_a_grid_without_zero_before_loading(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([str(run_dir), "--multipliers", "1", "2", "--out", str(run_dir / "nozero")])
+    assert "--multipliers: the multiplier grid must contain 0" in capsys.readouterr().err
+    assert not (run_dir / "nozero").exists()

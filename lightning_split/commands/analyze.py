@@ -22,6 +22,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightning-split analyze", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path, help="folder of a `lightning-split fit` run")
     p.add_argument("--curve", type=Path, help="curve.json to analyse (default: RUN_DIR/tradeoff/test/curve.json)")
+    p.add_argument(
+        "--multipliers", type=float, nargs="+", help="grid to measure, with 0 (default: the curve's own grid)"
+    )
     p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/manifold)")
     p.add_argument("--layers", type=int, nargs="+", help="blocks to measure (default: control layer, middle, last)")
     p.add_argument("--levels", type=float, nargs="+", default=list(defaults.levels), help="explained variance")
@@ -55,6 +58,7 @@ def main(argv: list[str]) -> None:
         parser().error(f"--utility-level must lie in [0, 1], got {args.utility_level}")
     options = AnalysisOptions(
         curve=args.curve,
+        multipliers=args.multipliers,
         out=args.out,
         layers=args.layers,
         levels=tuple(args.levels),

@@ -79,12 +79,16 @@ def write_markdown(report: ManifoldReport, path: str | Path) -> Path:
 def _consistency(report: ManifoldReport) -> list[str]:
     if report.saved_curve is None:
         return []
-    gap = np.abs(np.subtract(report.curve.utility, report.saved_curve.utility)).max()
+    saved = dict(zip(report.saved_curve.multipliers, report.saved_curve.utility, strict=True))
+    shared = [(u, saved[m]) for m, u in zip(report.curve.multipliers, report.curve.utility, strict=True) if m in saved]
+    if not shared:
+        return ["", "The measured grid shares no multiplier with the saved curve: the two were not compared."]
+    gap = max(abs(measured - kept) for measured, kept in shared)
     return [
         "",
-        f"The measuring pass recomputed the {report.curve.split or 'evaluated'} curve on the same pairs and grid: "
-        f"its mean utility log-odds differ from the saved curve's by at most {gap:.2e} (float32 passes over "
-        "batches of other sizes).",
+        f"The measuring pass recomputed the {report.curve.split or 'evaluated'} curve on the same pairs at "
+        f"{len(shared)} multipliers the saved curve also has: its mean utility log-odds differ from the saved "
+        f"curve's by at most {gap:.2e} (float32 passes over batches of other sizes).",
     ]
 
 

@@ -24,6 +24,7 @@ from ..data.batch import PairBatch
 from ..data.datamodule import PairCollator, PolarityDataModule
 from ..data.tokenize import TokenizedPair
 from ..engine import PairScorer
+from ..grid import check_grid
 from ..sweep import curve_from_losses
 from .capture import check_layers
 from .measure import measure_manifold
@@ -45,6 +46,8 @@ class AnalysisOptions:
 
     Attributes:
         curve: the curve file (``None``: ``<run>/tradeoff/test/curve.json``).
+        multipliers: the grid measured on the curve's pairs (``None``: the curve's own grid; must hold 0). A finer
+            or wider grid than the run swept gives the curve fits the points they need.
         out: output folder (``None``: ``<run>/manifold``).
         layers: blocks measured (``None``: the control's layer, the middle of the blocks above it, the last).
         levels: explained-variance levels of the principal subspaces.
@@ -61,6 +64,7 @@ class AnalysisOptions:
     """
 
     curve: Path | None = None
+    multipliers: Sequence[float] | None = None
     out: Path | None = None
     layers: Sequence[int] | None = None
     levels: Sequence[float] = (0.9, 0.99)
@@ -107,6 +111,12 @@ def _read_curve(run_dir: Path, curve: Path | None) -> TradeoffCurve:
     return curve_obj
 
 
+def _grid_line(grid: Sequence[float], swept: Sequence[float]) -> str:
+    """The measured grid, and the run's own when they differ."""
+    line = ", ".join(f"{m:g}" for m in grid)
+    return line if list(grid) == list(swept) else f"{line} (the run swept {', '.join(f'{m:g}' for m in swept)})"
+
+
 def _batches(items: list[TokenizedPair], rows: Sequence[int], batch_size: int, pad_id: int) -> list[PairBatch]:
     collate = PairCollator(pad_id)
     chosen = [(int(i), items[int(i)]) for i in rows]
@@ -129,6 +139,10 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
         raise RunFolderError(f"{control_dir} not found: the run saved no control (it is written when `fit` ends)")
     data_config = _read_config(run_dir)
     curve = _read_curve(run_dir, options.curve)
+    try:
+        grid = check_grid(options.multipliers) if options.multipliers is not None else list(curve.multipliers)
+    except ValueError as err:
+        raise RunFolderError(f"--multipliers: {err}") from err
     steered: SteeredModel = load_steered(
         control_dir, options.backbone, **({"device_map": options.device_map} if options.device_map else {})
     )
@@ -163,7 +177,7 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
         steered.control,
         _batches(train, reference_rows, options.batch_size, pad_id),
         _batches(evaluated, curve.pair_index, options.batch_size, pad_id),
-        curve.multipliers,
+        grid,
         layers,
         positions=steered.positions,  # type: ignore[arg-type]
         reduction=curve.reduction,
@@ -192,7 +206,7 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
         ("model", curve.model or steered.metadata.get("backbone")),
         ("control", f"{form} {objective}, layer {first}, steering {steered.positions} tokens"),
         ("evaluated", f"{len(curve.pair_index)} {curve.split} pairs of {options.curve or DEFAULT_CURVE}"),
-        ("grid", ", ".join(f"{m:g}" for m in curve.multipliers)),
+        ("grid", _grid_line(grid, curve.multipliers)),
         ("NLL reduction", curve.reduction),
         ("reference", f"{count} of {len(train)} training pairs (seed {options.seed}) at m = 0, both readouts"),
         ("layers", ", ".join(map(str, sweep.layers))),
@@ -205,7 +219,7 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
         curve=measured,
         saved_curve=curve,
         relations={layer: relate(measures, measured) for layer, measures in sweep.layers.items()},
-        fits=compare_fits(train_curve, curve),
+        fits=compare_fits(train_curve, curve if grid == list(curve.multipliers) else measured),
         fitted_split="train",
         test_split=curve.split,
         figures=figures,

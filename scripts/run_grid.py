@@ -233,10 +233,25 @@ class CellRecord:
         (folder / CELL_FILE).write_text(json.dumps(asdict(self), indent=2))
 
 
+def config_texts(configs: Sequence[Path]) -> list[str]:
+    """The text of each config file, each preceded by the files its ``base:`` line reads (recursively): a change
+    to ``configs/base.yaml`` changes every cell that extends it."""
+    texts: list[str] = []
+    for path in configs:
+        text = path.read_text()
+        config = yaml.safe_load(text)
+        base = config.get("base") if isinstance(config, dict) else None
+        if isinstance(base, str):
+            texts += config_texts([path.parent / base])
+        texts.append(text)
+    return texts
+
+
 def fingerprint(cell: Cell, configs: Sequence[Path], size_args: Sequence[str]) -> str:
-    """A hash of what decides a cell's result: its config files' text, its seed and its size options."""
+    """A hash of what decides a cell's result: its config files' text (with their bases), its seed and its size
+    options."""
     payload = {
-        "configs": [path.read_text() for path in configs],
+        "configs": config_texts(configs),
         "cell": asdict(cell),
         "size": list(size_args),
     }

@@ -115,6 +115,18 @@ def test_resume_skips_finished_cells_and_redoes_changed_and_unfinished_ones(tmp_
     assert fake.ran == ["sft 42"]
 
 
+def test_a_changed_base_config_reruns_the_cells_that_extend_it(tmp_path: Path, configs: Path) -> None:
+    base = configs / "base.yaml"
+    base.write_text("trainer: {max_epochs: 2}\n")
+    sft = run_grid.cell_configs("sentiment", "sft", "vector", configs)[0]
+    sft.write_text("base: ../../base.yaml\n" + sft.read_text())
+    cells, out, fake = run_grid.REDUCED_GRID.cells(), tmp_path / "grid", FakeFit()
+    run_grid.run_grid(cells, run_grid.TINY, out, fake, configs, lambda _: None)
+    base.write_text("trainer: {max_epochs: 3}\n")
+    run_grid.run_grid(cells, run_grid.TINY, out, fake, configs, lambda _: None)
+    assert fake.ran == ["sft 42", "split 42", "sft 42"]  # split does not extend the base: it is kept
+
+
 def test_a_finished_cell_whose_saved_seed_differs_is_redone(tmp_path: Path, configs: Path) -> None:
     cells = run_grid.REDUCED_GRID.cells()[:1]
     out, fake = tmp_path / "grid", FakeFit()

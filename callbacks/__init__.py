@@ -2,6 +2,7 @@
 
 from lightning_split.progress import LogProgressBar, SteeringRichProgressBar
 
+from .manifold import ManifoldAnalysisCallback
 from .predictions import JsonlPredictionWriter
 from .sigterm import StopOnSigterm
 from .tradeoff import TradeoffCurveCallback, default_grid
@@ -9,6 +10,7 @@ from .tradeoff import TradeoffCurveCallback, default_grid
 __all__ = [
     "JsonlPredictionWriter",
     "LogProgressBar",
+    "ManifoldAnalysisCallback",
     "SteeringRichProgressBar",
     "StopOnSigterm",
     "TradeoffCurveCallback",

@@ -14,6 +14,7 @@ from ..analysis.baselines import BaselineFit, FitComparison, comparison_markdown
 from ..analysis.curve import TradeoffCurve
 from .measure import ManifoldSweep
 from .relate import MEASURE_MEANINGS, MeasureRelation
+from .tables import layer_table, relation_table
 
 READOUT = (
     "Each pair gives two activations per layer, as DiffMean defines them: the residual stream after the block "
@@ -118,16 +119,11 @@ def _references(report: ManifoldReport) -> list[str]:
 def _per_layer(report: ManifoldReport) -> list[str]:
     lines: list[str] = []
     for layer, measures in report.sweep.layers.items():
-        means = measures.means()
-        shares = measures.subspace_share
-        header = ["m", "utility", *means, "off-manifold", *(f"Δh in {name}" for name in shares)]
-        lines += ["", f"## Layer {layer}: means over activations", "", "| " + " | ".join(header) + " |"]
-        lines.append("|" + "---:|" * len(header))
-        off = measures.off_manifold.mean(1)
-        for i, m in enumerate(measures.multipliers):
-            cells = [f"{m:g}", cell(report.curve.utility[i]), *(cell(v[i]) for v in means.values()), cell(off[i])]
-            cells += [cell(share[i]) for share in shares.values()]
-            lines.append("| " + " | ".join(cells) + " |")
+        table = layer_table(report, layer)
+        lines += ["", f"## Layer {layer}: means over activations", "", "| " + " | ".join(table.columns) + " |"]
+        lines.append("|" + "---:|" * len(table.columns))
+        for m, *values in table.rows:
+            lines.append("| " + " | ".join([f"{m:g}", *(cell(value) for value in values)]) + " |")
         lines += [
             "",
             f"Δh = h(m) − h(0) of each activation; its principal direction holds {measures.direction_share:.1%} of "
@@ -138,13 +134,9 @@ def _per_layer(report: ManifoldReport) -> list[str]:
 
 
 def _relations(report: ManifoldReport) -> list[str]:
-    header = ["layer", "measure", "Spearman ρ (measure, utility drop)", "R² utility ~ quad(measure)"]
-    header.append("R² utility ~ quad(m)")
-    lines = ["", "## Distance and utility", "", "| " + " | ".join(header) + " |", "|---:|---|---:|---:|---:|"]
-    for layer, relations in report.relations.items():
-        for rel in relations:
-            cells = [str(layer), rel.measure, cell(rel.spearman), cell(rel.r2_distance), cell(rel.r2_multiplier)]
-            lines.append("| " + " | ".join(cells) + " |")
+    table = relation_table(report)
+    lines = ["", "## Distance and utility", "", "| " + " | ".join(table.columns) + " |", "|---:|---|---:|---:|---:|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in table.rows]
     lines += [
         "",
         "One point per multiplier (means over activations). Utility drop: U(0) − U(m). Both R² use the same "

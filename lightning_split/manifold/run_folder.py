@@ -3,8 +3,10 @@
 A run folder written by ``lightning-split fit`` holds ``config.yaml`` (the data section rebuilds the same
 splits), ``control/`` (the saved control) and ``tradeoff/<split>/curve.json`` (the
 :class:`~lightning_split.callbacks.TradeoffCurveCallback` sweep, with the pairs it used). :func:`analyze_run`
-measures the curve's pairs over the curve's grid against unsteered training activations and writes
-``manifold.md`` with its figures into the output folder.
+measures the curve's pairs over the curve's grid (or another, ``multipliers``) against unsteered training
+activations and writes ``manifold.md`` with its figures into the output folder. :func:`analyze_control` is the
+part that works on a control and pairs in memory; :class:`~lightning_split.callbacks.ManifoldAnalysisCallback`
+calls it at the end of ``trainer.test``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from ..data.datamodule import PairCollator, PolarityDataModule
 from ..data.tokenize import TokenizedPair
 from ..engine import PairScorer
 from ..grid import check_grid
+from ..interventions.base import Intervention
+from ..layout import ModelLayout
+from ..steering import Positions
 from ..sweep import curve_from_losses
 from .capture import check_layers
 from .measure import measure_manifold
@@ -34,6 +39,9 @@ from .report import ManifoldReport, write_markdown
 
 DEFAULT_CURVE = Path("tradeoff") / "test" / "curve.json"
 """The run's test sweep, relative to the run folder."""
+
+REPORT_FILE = "manifold.md"
+"""The report's file name in its output folder."""
 
 
 class RunFolderError(ValueError):
@@ -117,7 +125,7 @@ def _grid_line(grid: Sequence[float], swept: Sequence[float]) -> str:
     return line if list(grid) == list(swept) else f"{line} (the run swept {', '.join(f'{m:g}' for m in swept)})"
 
 
-def _batches(items: list[TokenizedPair], rows: Sequence[int], batch_size: int, pad_id: int) -> list[PairBatch]:
+def _batches(items: Sequence[TokenizedPair], rows: Sequence[int], batch_size: int, pad_id: int) -> list[PairBatch]:
     collate = PairCollator(pad_id)
     chosen = [(int(i), items[int(i)]) for i in rows]
     return [collate(chosen[j : j + batch_size]) for j in range(0, len(chosen), batch_size)]
@@ -130,6 +138,134 @@ def _split_items(data: PolarityDataModule, split: str, path: Path) -> list[Token
     return data.tokenized(name)
 
 
+@dataclass(frozen=True)
+class AnalysedControl:
+    """The control an analysis measures, and what the report says about it.
+
+    Attributes:
+        scorer: the packed pair engine of its backbone.
+        control: the interventions.
+        positions: the steered tokens the control was trained with.
+        form: the control form's registry name.
+        objective: the objective's registry name (``None``: not known).
+        model: the backbone as the report names it.
+        run: the run folder the report names.
+    """
+
+    scorer: PairScorer
+    control: Sequence[Intervention]
+    positions: Positions
+    form: str
+    objective: str | None
+    model: str | None
+    run: str
+
+
+def measured_layers(layout: ModelLayout, control: Sequence[Intervention], layers: Sequence[int] | None) -> list[int]:
+    """``layers`` (``None``: :func:`default_layers` from the control's first layer), sorted and checked.
+
+    Raises:
+        ValueError: a layer the analysis cannot read (:func:`~lightning_split.manifold.capture.check_layers`).
+    """
+    first = min(iv.layer for iv in control)
+    return check_layers(layout, control, layers or default_layers(first, layout.num_layers))
+
+
+def analyze_control(
+    subject: AnalysedControl,
+    train: Sequence[TokenizedPair],
+    evaluated: Sequence[TokenizedPair],
+    curve: TradeoffCurve,
+    curve_name: str,
+    layers: Sequence[int],
+    options: AnalysisOptions,
+    out: Path,
+    progress: bool = True,
+) -> ManifoldReport:
+    """Measures a control on a curve's pairs and grid and writes ``manifold.md`` and its figures into ``out``.
+
+    The unsteered reference is a seeded sample of ``options.reference_pairs`` of the ``train`` pairs; the
+    measured pairs are ``curve.pair_index`` of ``evaluated`` (the curve's split), over ``options.multipliers``
+    (checked by the caller; ``None``: ``curve.multipliers``).
+    ``options.curve``, ``out``, ``layers``, ``backbone``, ``data_dir`` and ``device_map`` are not read here.
+
+    Args:
+        subject: the control and its description.
+        train: the training split's pairs (the reference is sampled from them).
+        evaluated: the pairs of the curve's split, in split order.
+        curve: the saved curve (its pairs, grid and reduction; the report compares the measuring pass with it and
+            scores the train-fitted curve parameters on it). It must list its pairs (``pair_index``).
+        curve_name: how the report names the curve (its file).
+        layers: the checked layers (:func:`measured_layers`).
+        options: the analysis settings.
+        out: the output folder (created).
+        progress: show the measuring passes' progress.
+
+    Returns:
+        The report written to ``out / REPORT_FILE``.
+    """
+    assert curve.pair_index is not None, "the curve must list its pairs"
+    grid = [float(m) for m in options.multipliers] if options.multipliers is not None else list(curve.multipliers)
+    rng = np.random.default_rng(options.seed)
+    count = min(options.reference_pairs, len(train))
+    reference_rows = sorted(rng.choice(len(train), size=count, replace=False).tolist())
+    pad_id = subject.scorer.pad_id
+    sweep = measure_manifold(
+        subject.scorer,
+        subject.control,
+        _batches(train, reference_rows, options.batch_size, pad_id),
+        _batches(evaluated, curve.pair_index, options.batch_size, pad_id),
+        grid,
+        layers,
+        positions=subject.positions,
+        reduction=curve.reduction,
+        levels=options.levels,
+        k=options.k,
+        reference_size=options.reference_size,
+        seed=options.seed,
+        utility_level=options.utility_level,
+        max_rows=options.max_rows,
+        progress=progress,
+    )
+    form, objective = subject.form, subject.objective
+    metadata = {"form": form, "objective": objective, "layer": curve.layer, "model": curve.model}
+    measured = curve_from_losses(sweep.losses, split=curve.split, **metadata)
+    train_curve = curve_from_losses(sweep.reference_losses, split="train", **metadata)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for layer, measures in sweep.layers.items():
+        figures[f"preference plane, layer {layer}"] = plot_preference_plane(measures, out / f"plane-layer{layer}.png")
+        figures[f"distance vs m, layer {layer}"] = plot_distance_vs_m(
+            measures, measured, out / f"distance-layer{layer}.png"
+        )
+    first = min(iv.layer for iv in subject.control)
+    setup = [
+        ("run folder", subject.run),
+        ("model", subject.model),
+        ("control", f"{form} {objective}, layer {first}, steering {subject.positions} tokens"),
+        ("evaluated", f"{len(curve.pair_index)} {curve.split} pairs of {curve_name}"),
+        ("grid", _grid_line(grid, curve.multipliers)),
+        ("NLL reduction", curve.reduction),
+        ("reference", f"{count} of {len(train)} training pairs (seed {options.seed}) at m = 0, both readouts"),
+        ("layers", ", ".join(map(str, sweep.layers))),
+        ("k-NN", f"k = {options.k}, reference sample ≤ {options.reference_size} activations per layer"),
+        ("principal subspaces", ", ".join(f"{level:g}" for level in options.levels) + " of the variance"),
+    ]
+    report = ManifoldReport(
+        setup=setup,
+        sweep=sweep,
+        curve=measured,
+        saved_curve=curve,
+        relations={layer: relate(measures, measured) for layer, measures in sweep.layers.items()},
+        fits=compare_fits(train_curve, curve if grid == list(curve.multipliers) else measured),
+        fitted_split="train",
+        test_split=curve.split,
+        figures=figures,
+    )
+    write_markdown(report, out / REPORT_FILE)
+    return report
+
+
 def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> Path:
     """Measures a run's control against the unsteered manifold and writes ``manifold.md``; returns its path."""
     options = options or AnalysisOptions()
@@ -140,7 +276,8 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
     data_config = _read_config(run_dir)
     curve = _read_curve(run_dir, options.curve)
     try:
-        grid = check_grid(options.multipliers) if options.multipliers is not None else list(curve.multipliers)
+        if options.multipliers is not None:
+            check_grid(options.multipliers)
     except ValueError as err:
         raise RunFolderError(f"--multipliers: {err}") from err
     steered: SteeredModel = load_steered(
@@ -160,68 +297,20 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
             f"the curve lists pair {max(curve.pair_index)} but the {curve.split} split rebuilt from config.yaml has "
             f"{len(evaluated)} pairs: the data changed since the run"
         )
-    train = data.tokenized("train")
-    rng = np.random.default_rng(options.seed)
-    count = min(options.reference_pairs, len(train))
-    reference_rows = sorted(rng.choice(len(train), size=count, replace=False).tolist())
-    scorer = PairScorer(steered.model, steered.layout, pad_id=pad_id)
-    first = min(iv.layer for iv in steered.control)
     try:
-        layers = check_layers(
-            steered.layout, steered.control, options.layers or default_layers(first, steered.layout.num_layers)
-        )
+        layers = measured_layers(steered.layout, steered.control, options.layers)
     except ValueError as err:
         raise RunFolderError(f"--layers: {err}") from err
-    sweep = measure_manifold(
-        scorer,
-        steered.control,
-        _batches(train, reference_rows, options.batch_size, pad_id),
-        _batches(evaluated, curve.pair_index, options.batch_size, pad_id),
-        grid,
-        layers,
+    subject = AnalysedControl(
+        scorer=PairScorer(steered.model, steered.layout, pad_id=pad_id),
+        control=steered.control,
         positions=steered.positions,  # type: ignore[arg-type]
-        reduction=curve.reduction,
-        levels=options.levels,
-        k=options.k,
-        reference_size=options.reference_size,
-        seed=options.seed,
-        utility_level=options.utility_level,
-        max_rows=options.max_rows,
-        progress=True,
+        form=curve.form or steered.metadata["form"],
+        objective=curve.objective or steered.metadata.get("objective"),
+        model=curve.model or steered.metadata.get("backbone"),
+        run=str(run_dir),
     )
-    form, objective = curve.form or steered.metadata["form"], curve.objective or steered.metadata.get("objective")
-    metadata = {"form": form, "objective": objective, "layer": curve.layer, "model": curve.model}
-    measured = curve_from_losses(sweep.losses, split=curve.split, **metadata)
-    train_curve = curve_from_losses(sweep.reference_losses, split="train", **metadata)
     out = options.out or run_dir / "manifold"
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {}
-    for layer, measures in sweep.layers.items():
-        figures[f"preference plane, layer {layer}"] = plot_preference_plane(measures, out / f"plane-layer{layer}.png")
-        figures[f"distance vs m, layer {layer}"] = plot_distance_vs_m(
-            measures, measured, out / f"distance-layer{layer}.png"
-        )
-    setup = [
-        ("run folder", str(run_dir)),
-        ("model", curve.model or steered.metadata.get("backbone")),
-        ("control", f"{form} {objective}, layer {first}, steering {steered.positions} tokens"),
-        ("evaluated", f"{len(curve.pair_index)} {curve.split} pairs of {options.curve or DEFAULT_CURVE}"),
-        ("grid", _grid_line(grid, curve.multipliers)),
-        ("NLL reduction", curve.reduction),
-        ("reference", f"{count} of {len(train)} training pairs (seed {options.seed}) at m = 0, both readouts"),
-        ("layers", ", ".join(map(str, sweep.layers))),
-        ("k-NN", f"k = {options.k}, reference sample ≤ {options.reference_size} activations per layer"),
-        ("principal subspaces", ", ".join(f"{level:g}" for level in options.levels) + " of the variance"),
-    ]
-    report = ManifoldReport(
-        setup=setup,
-        sweep=sweep,
-        curve=measured,
-        saved_curve=curve,
-        relations={layer: relate(measures, measured) for layer, measures in sweep.layers.items()},
-        fits=compare_fits(train_curve, curve if grid == list(curve.multipliers) else measured),
-        fitted_split="train",
-        test_split=curve.split,
-        figures=figures,
-    )
-    return write_markdown(report, out / "manifold.md")
+    curve_name = str(options.curve or DEFAULT_CURVE)
+    analyze_control(subject, data.tokenized("train"), evaluated, curve, curve_name, layers, options, out)
+    return out / REPORT_FILE

@@ -10,9 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data.tokenize import PairTokenizer
+from .files import staged_output
 from .generation import generate_steered
 from .interventions import intervention_from_config
 from .layout import ModelLayout, discover_layout
@@ -60,6 +58,12 @@ def control_metadata(
     }
 
 
+def trained_positions(metadata: dict[str, Any]) -> str:
+    """The positions a saved control was trained to steer (``all``, ``prompt`` or ``completion``), read from its
+    metadata; ``all`` when it records none."""
+    return metadata.get("positions", "all")
+
+
 def trained_nll_reduction(metadata: dict[str, Any]) -> str | None:
     """The NLL reduction a saved control was evaluated with (``settings.evaluation``; the flat ``training``
     section of controls saved before the settings were grouped), ``None`` if it records none."""
@@ -80,52 +84,26 @@ def _umask() -> int:
     return mask
 
 
-def _replace_folder(new: Path, directory: Path) -> None:
-    """Puts the folder ``new`` at ``directory``; a control already there is moved aside and deleted only after.
-
-    Raises:
-        ControlFileError: ``directory`` exists and is not a saved control (it is never deleted).
-    """
-    old = None
-    if directory.exists():
-        if not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
-            raise ControlFileError(f"{directory} exists and is not a saved control; save the control elsewhere")
-        old = directory.with_name(f".{directory.name}-old-{os.getpid()}-{time.time_ns()}")
-        os.replace(directory, old)
-    try:
-        os.replace(new, directory)
-    except OSError:
-        if old is not None:
-            os.replace(old, directory)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_control(directory: str | Path, control: nn.ModuleList, metadata: dict[str, Any]) -> Path:
     """Writes the control's tensors and metadata into ``directory``; returns the directory.
 
-    Both files are written into a temporary folder beside ``directory``, which then takes its place: an earlier
-    control there stays whole until the new one is complete. The folder and files get the ordinary permissions
-    (``0777``/``0666`` less the umask), readable by colleagues like any other file.
+    Both files are written into a temporary folder beside ``directory``, which then takes its place
+    (:func:`~lightning_split.files.staged_output`): an earlier control there stays whole until the new one is
+    complete. The folder and files get the ordinary permissions (``0777``/``0666`` less the umask), readable by
+    colleagues like any other file.
 
     Raises:
-        ControlFileError: ``directory`` exists and is not a saved control.
+        ControlFileError: ``directory`` exists and is not a saved control (checked first; it is never touched).
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
+        raise ControlFileError(f"{directory} exists and is not a saved control; save the control elsewhere")
     tensors = {k: v.detach().contiguous().cpu() for k, v in control.state_dict().items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "lightning_split"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
-        mask = _umask()
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
-            os.chmod(tmp / name, 0o666 & ~mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        _replace_folder(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged_output(directory) as staged:
+        staged.mkdir()
+        save_file(tensors, str(staged / WEIGHTS_FILE), metadata={"format": "lightning_split"})
+        os.chmod(staged / WEIGHTS_FILE, 0o666 & ~_umask())  # safetensors writes it 0600
+        (staged / CONFIG_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
     return directory
 
 
@@ -217,8 +195,8 @@ class SteeredModel:
 
     @property
     def positions(self) -> str:
-        """Steered positions the control was trained with."""
-        return self.metadata.get("positions", "all")
+        """Steered positions the control was trained with (:func:`trained_positions`)."""
+        return trained_positions(self.metadata)
 
     def logits(
         self,

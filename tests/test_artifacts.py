@@ -182,11 +182,11 @@ def test_failed_save_keeps_the_old_control_whole(tmp_path: Path, monkeypatch: py
         real_replace = os.replace
 
         def replace(src: str | Path, dst: str | Path) -> None:
-            if Path(dst) == directory and Path(src).name.startswith(".control-") and "-old-" not in Path(src).name:
+            if Path(dst) == directory and Path(src).name == directory.name:  # moving the new control into place
                 raise OSError("interrupted")
             real_replace(src, dst)
 
-        monkeypatch.setattr(artifacts.os, "replace", replace)
+        monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError):
         _save_random_control("lora", model, "tiny", directory, seed=6)
     assert _saved_bytes(directory) == before, "the earlier control was damaged by a failed save"

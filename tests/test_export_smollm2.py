@@ -5,7 +5,7 @@ next-token log-probabilities by about a nat) are exported at ``m ∈ {0, 1, 2}``
 ``m`` folded into ``lora_alpha``, the local weight as a merged checkpoint and as SVD LoRAs of growing rank. Each
 export is compared with the framework's steered model over the whole vocabulary on chat prompts.
 
-Run ``pytest -s tests/test_export_smollm2.py`` to see the table (docs/interop.md quotes it).
+Run ``pytest -s tests/test_export_py`` to see the table (docs/interop.md quotes it).
 """
 
 from __future__ import annotations
@@ -19,20 +19,24 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from lightning_split.artifacts import SteeredModel, control_metadata, load_steered, save_control
-from lightning_split.backbone import load_backbone
+from lightning_split.artifacts import SteeredModel, load_steered
 from lightning_split.data.tokenize import PairTokenizer
 from lightning_split.export import export_control
-from lightning_split.interventions import build_control, form_options
-from lightning_split.layout import discover_layout
+from lightning_split.interventions import form_options
+from tests.smollm2_controls import (
+    CHAT_PROMPTS,
+    GREEDY,
+    SCALES,
+    greedy_tokens,
+    new_control,
+    next_log_probs,
+    same_prefix,
+    save_smollm2_control,
+)
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2-135m-instruct"
-LAYER = 15
-SCALES = (0.0, 1.0, 2.0)
-GREEDY = 8
-PROMPTS = ("Describe the weather today.", "How was the film you watched last night?", "How did the exam go?")
+PROMPTS = CHAT_PROMPTS[:3]  # three keep the nine exports quick
 WEIGHT_SCALE = {"lora": 0.3, "local_weight": 0.05}
 
 
@@ -54,21 +58,12 @@ class Gap:
 
 
 def _saved(root: Path, form: str, options: dict) -> Path:
-    model, _ = load_backbone(MODEL)
-    control = build_control(form_options(form, **options), discover_layout(model), [LAYER])
+    steered = new_control(form_options(form, **options))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in control.parameters():
+        for p in steered.control.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * WEIGHT_SCALE[form])
-    hparams = {"backbone": MODEL, "positions": "all", "form": form}
-    return save_control(root / form, control, control_metadata(control, hparams, "split", list(SCALES)))
-
-
-def _greedy(step, ids: list[int]) -> list[int]:
-    out = list(ids)
-    for _ in range(GREEDY):
-        out.append(int(step(torch.tensor([out]))[0, -1].argmax()))
-    return out[len(ids) :]
+    return save_smollm2_control(root / form, steered, "split")
 
 
 def _gap(steered: SteeredModel, exported: nn.Module, m: float) -> Gap:
@@ -84,14 +79,11 @@ def _gap(steered: SteeredModel, exported: nn.Module, m: float) -> Gap:
 
     for prompt in PROMPTS:
         ids = torch.tensor([encoder.prompt_ids(prompt)])
-        a = torch.log_softmax(ours(ids)[0, -1].double(), -1)
-        b = torch.log_softmax(theirs(ids)[0, -1].double(), -1)
-        base = torch.log_softmax(steered.logits(ids, 0.0)[0, -1].double(), -1)
+        a, b, base = next_log_probs(ours(ids)), next_log_probs(theirs(ids)), next_log_probs(steered.logits(ids, 0.0))
         max_abs = max(max_abs, float((a - b).abs().max()))
         kls.append(float((a.exp() * (a - b)).sum()))
         top1 += int(a.argmax() == b.argmax())
-        mine, other = _greedy(ours, ids[0].tolist()), _greedy(theirs, ids[0].tolist())
-        greedy = min(greedy, next((i for i, (x, y) in enumerate(zip(mine, other)) if x != y), GREEDY))
+        greedy = min(greedy, same_prefix(greedy_tokens(ours, ids[0].tolist()), greedy_tokens(theirs, ids[0].tolist())))
         top = a.topk(10).indices
         moved.append(float((a[top] - base[top]).abs().mean()))
     return Gap(max_abs, sum(kls) / len(kls), top1, greedy, sum(moved) / len(moved))

@@ -18,38 +18,37 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_split.artifacts import SteeredModel, control_metadata, load_steered, save_control
-from lightning_split.backbone import load_backbone, resolve_registered_model
+from lightning_split.artifacts import SteeredModel, load_steered
+from lightning_split.backbone import resolve_registered_model
 from lightning_split.data.readers import read_pairs
 from lightning_split.data.registry import builtin_path
 from lightning_split.data.tokenize import PairTokenizer
 from lightning_split.export import export_control
 from lightning_split.export.gguf_vector import read_control_vector, write_control_vector
-from lightning_split.interventions import VectorOptions, build_control
-from lightning_split.layout import discover_layout
+from lightning_split.interventions import VectorOptions
 from tests.llama_server import llama_server, llama_server_binary
+from tests.smollm2_controls import (
+    CHAT_PROMPTS,
+    GREEDY,
+    LAYER,
+    MODEL,
+    SCALES,
+    greedy_tokens,
+    new_control,
+    next_log_probs,
+    same_prefix,
+    save_smollm2_control,
+)
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2-135m-instruct"
-LAYER = 15
-SCALES = (0.0, 1.0, 2.0)
 TOP = 10
-GREEDY = 8
 FIT_PAIRS = 16
-PROMPTS = (
-    "Describe the weather today.",
-    "How was the film you watched last night?",
-    "Write one sentence about your neighbour.",
-    "What do you think of the new office?",
-    "Tell me about your last holiday.",
-    "How did the exam go?",
-)
 
 
 @dataclass
 class Agreement:
-    """The server against the framework at one ``m``, over :data:`PROMPTS`."""
+    """The server against the framework at one ``m``, over :data:`CHAT_PROMPTS`."""
 
     gaps: list[float]  # |Δ log p| on the server's top-10 tokens, all prompts together
     top1: int  # prompts whose most likely next token is the same
@@ -63,8 +62,9 @@ class Agreement:
     def row(self, label: str) -> str:
         greedy = sum(self.greedy) / len(self.greedy)
         return (
-            f"{label:<22} mean|Δ| {self.mean_gap:.3f}  max|Δ| {max(self.gaps):.3f}  top-1 {self.top1}/{len(PROMPTS)}"
-            f"  greedy {greedy:.1f}/{GREEDY} (min {min(self.greedy)})  steering moved {self.moved:.3f}"
+            f"{label:<22} mean|Δ| {self.mean_gap:.3f}  max|Δ| {max(self.gaps):.3f}  "
+            f"top-1 {self.top1}/{len(CHAT_PROMPTS)}  greedy {greedy:.1f}/{GREEDY} (min {min(self.greedy)})  "
+            f"steering moved {self.moved:.3f}"
         )
 
 
@@ -90,14 +90,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[SteeredModel, Pa
     """The steered SmolLM2 with a DiffMean vector at block 15, its GGUF export and the off-by-one file."""
     llama_server_binary()  # fail at once, before the fit, when the binary is missing
     root = tmp_path_factory.mktemp("interop")
-    model, tokenizer = load_backbone(MODEL)
-    layout = discover_layout(model)
-    control = build_control(VectorOptions(init_std=0.0), layout, [LAYER])
-    probe = SteeredModel(model, tokenizer, layout, control, {"positions": "all"})
+    probe = new_control(VectorOptions(init_std=0.0))
     with torch.no_grad():
-        control[0].vector.copy_(_fit_diffmean(probe))
-    hparams = {"backbone": MODEL, "positions": "all", "form": "vector"}
-    save_control(root / "control", control, control_metadata(control, hparams, "diffmean", list(SCALES)))
+        probe.control[0].vector.copy_(_fit_diffmean(probe))
+    save_smollm2_control(root / "control", probe, "diffmean")
     gguf = root / "steer.gguf"
     export_control(root / "control", gguf)
     shifted = root / "shifted.gguf"
@@ -107,21 +103,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[SteeredModel, Pa
 
 
 def _log_probs(steered: SteeredModel, ids: list[int], m: float) -> torch.Tensor:
-    return torch.log_softmax(steered.logits(torch.tensor([ids]), m)[0, -1].double(), -1)
-
-
-def _greedy(steered: SteeredModel, ids: list[int], m: float) -> list[int]:
-    out = list(ids)
-    for _ in range(GREEDY):
-        out.append(int(_log_probs(steered, out, m).argmax()))
-    return out[len(ids) :]
+    return next_log_probs(steered.logits(torch.tensor([ids]), m))
 
 
 def _agreement(steered: SteeredModel, vector_file: Path, m: float) -> Agreement:
     encoder = PairTokenizer(steered.tokenizer)
     gaps, top1, greedy, moved = [], 0, [], []
     with llama_server(resolve_registered_model(MODEL), control_vectors=[(vector_file, m)]) as server:
-        for prompt in PROMPTS:
+        for prompt in CHAT_PROMPTS:
             ids = encoder.prompt_ids(prompt)
             reply = server.post(
                 "/completion",
@@ -137,9 +126,7 @@ def _agreement(steered: SteeredModel, vector_file: Path, m: float) -> Agreement:
                 {"prompt": ids, "n_predict": GREEDY, "temperature": 0, "ignore_eos": True, "return_tokens": True,
                  "cache_prompt": False},
             )["tokens"]  # fmt: skip
-            mine = _greedy(steered, ids, m)
-            same = next((i for i, (a, b) in enumerate(zip(theirs, mine)) if a != b), min(len(theirs), len(mine)))
-            greedy.append(same)
+            greedy.append(same_prefix(theirs, greedy_tokens(lambda t: steered.logits(t, m), ids)))
     return Agreement(gaps, top1, greedy, sum(moved) / len(moved))
 
 
@@ -157,8 +144,8 @@ def test_gguf_vector_steers_llama_server_like_the_framework(exported: tuple[Stee
     for m in SCALES:
         result = results[m]
         assert result.mean_gap <= max(2 * floor, floor + 0.05), result.row(f"m={m}")
-        assert result.top1 == len(PROMPTS), result.row(f"m={m}")
+        assert result.top1 == len(CHAT_PROMPTS), result.row(f"m={m}")
         # quantized kernels make greedy paths part even unsteered; steering must not make them part sooner
-        assert sum(result.greedy) >= sum(unsteered.greedy) - 1.5 * len(PROMPTS), result.row(f"m={m}")
+        assert sum(result.greedy) >= sum(unsteered.greedy) - 1.5 * len(CHAT_PROMPTS), result.row(f"m={m}")
     assert results[SCALES[-1]].moved > 4 * results[SCALES[-1]].mean_gap, "the steering is too weak to tell"
     assert off_by_one.mean_gap > 2 * results[SCALES[-1]].mean_gap, "one block later should not fit as well"

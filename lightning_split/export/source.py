@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import CONFIG_FILE, CONTROL_DIRNAME, ControlFileError, check_weights, read_metadata
+from ..artifacts import (
+    CONFIG_FILE,
+    CONTROL_DIRNAME,
+    ControlFileError,
+    check_weights,
+    read_metadata,
+    trained_positions,
+)
 from ..errors import OptionError
+from ..files import staged_output
 
 
 def find_control(path: str | Path) -> Path:
@@ -59,7 +64,7 @@ def check_multiplier(value: float | None, option: str = "--multiplier") -> float
 
 def positions_warning(metadata: dict[str, Any]) -> str | None:
     """The warning to show when the control was trained on a subset of positions, which runtimes cannot do."""
-    positions = metadata.get("positions", "all")
+    positions = trained_positions(metadata)
     if positions == "all":
         return None
     return (
@@ -74,7 +79,8 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
     """Yields a temporary path beside ``target``; when the body succeeds it takes ``target``'s place.
 
     The body writes a file or a folder at the yielded path. Nothing is left behind when it fails, and an
-    existing ``target`` is replaced only with ``overwrite`` (after the new output is complete).
+    existing ``target`` is replaced only with ``overwrite`` (after the new output is complete; see
+    :func:`~lightning_split.files.staged_output`).
 
     Raises:
         OptionError: ``target`` exists and ``overwrite`` is false (checked before the body runs).
@@ -82,22 +88,5 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
     target = Path(target).expanduser()
     if target.exists() and not overwrite:
         raise OptionError(f"{target} exists; pass --overwrite to replace it, or choose another --output")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    staged = scratch / target.name
-    try:
+    with staged_output(target) as staged:
         yield staged
-        if not staged.exists():
-            raise RuntimeError(f"the export wrote nothing at {staged}")
-        old = None
-        if target.exists() and (target.is_dir() or staged.is_dir()):  # a folder cannot be replaced in one step
-            old = scratch / f"{target.name}.old"
-            os.replace(target, old)
-        try:
-            os.replace(staged, target)
-        except OSError:
-            if old is not None:
-                os.replace(old, target)
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

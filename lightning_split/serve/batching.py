@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria
 
+from ..artifacts import trained_positions
 from ..generation import generate_steered
 from .reply import Reply
 from .schemas import ApiError
@@ -251,7 +252,7 @@ class BatchWorker:
             first.control.modules,
             [job.prompt_ids for job in batch],
             torch.tensor([job.multiplier for job in batch]),
-            first.control.positions,  # type: ignore[arg-type]
+            trained_positions(first.control.metadata),  # type: ignore[arg-type]
             max_new_tokens=max(job.reply.max_tokens for job in batch),
             do_sample=sampled,
             temperature=first.temperature if sampled else 1.0,

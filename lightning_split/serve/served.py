@@ -16,7 +16,7 @@ from typing import Any
 from jinja2 import TemplateError
 from torch import nn
 
-from ..artifacts import CONFIG_FILE, CONTROL_DIRNAME, load_control, load_steered, read_metadata
+from ..artifacts import CONFIG_FILE, CONTROL_DIRNAME, load_control, load_steered, read_metadata, trained_positions
 from ..data.tokenize import PairTokenizer
 from ..errors import OptionError
 from ..generation import stop_token_ids
@@ -85,18 +85,13 @@ class ServedControl:
     modules: nn.ModuleList
     metadata: dict[str, Any]
 
-    @property
-    def positions(self) -> str:
-        """The steered positions the control was trained with (``all``, ``prompt`` or ``completion``)."""
-        return self.metadata.get("positions", "all")
-
     def card(self, backbone: str, created: int) -> dict[str, Any]:
         """The control's entry in ``GET /v1/models``."""
         layers = [iv.get("layer") for iv in self.metadata.get("interventions", [])]
         return {
             "id": self.name, "object": "model", "created": created, "owned_by": "lightning-split", "parent": backbone,
             "control": {"path": str(self.path), "form": self.metadata.get("form"), "layers": layers,
-                        "positions": self.positions, "objective": self.metadata.get("objective"),
+                        "positions": trained_positions(self.metadata), "objective": self.metadata.get("objective"),
                         "trained_multipliers": self.metadata.get("multipliers")},
         }  # fmt: skip
 

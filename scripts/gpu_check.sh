@@ -36,8 +36,11 @@ fi
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 if [[ -z "${PYTHON:-}" ]]; then
-    if [[ "${1:-}" == "--smoke" && -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+    PYTHON=python3
+    [[ " $* " == *" --smoke "* && -x .venv/bin/python ]] && PYTHON=.venv/bin/python
 fi
+# tiny models on a shared CPU: one intra-op thread is faster than several waiting on each other
+[[ " $* " == *" --smoke "* ]] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [[ -d .gpu_check/site ]] && export PYTHONPATH="$PYTHONPATH:$PWD/.gpu_check/site"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -650,6 +650,8 @@ def run(settings: Settings, steps: list[str]) -> dict[str, Any]:
             progress(f"{name}: skipped ({record['reason']})")
             continue
         progress(f"{name}: start")
+        if settings.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         started = time.monotonic()
         try:
             record.update(status="ok", result=STEPS[name](settings, ctx))
@@ -659,7 +661,7 @@ def run(settings: Settings, steps: list[str]) -> dict[str, Any]:
             )
         record["seconds"] = round(time.monotonic() - started, 2)
         if settings.device.type == "cuda":
-            record["max_memory_allocated"] = torch.cuda.max_memory_allocated()
+            record["peak_allocated"] = torch.cuda.max_memory_allocated()  # this step's (the 7B one resets it)
         progress(
             f"{name}: {record['status']} in {record['seconds']:.1f} s"
             + (f": {record['error']}" if "error" in record else "")

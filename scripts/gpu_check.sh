@@ -5,15 +5,17 @@
 # peft and torchmetrics but no bitsandbytes), from the session's checkout:
 #
 #   1. Here, once per session (no GPU needed): bash scripts/gpu_check.sh --prepare
-#      copies bitsandbytes (its Python files and CPU/CUDA 13 libraries, about 10 MiB) from this machine's
+#      copies bitsandbytes (its Python files and CPU/CUDA 13 libraries, about 8 MiB) from this machine's
 #      environment into .gpu_check/site/ (ignored by git) for the NF4 step; without it that step records
 #      "No module named 'bitsandbytes'" and the others run.
 #   2. The `run` tool:  command  "bash scripts/gpu_check.sh"   timeout_s 480   carry [".gpu_check"]
 #      (the .venv is not carried: python3 there is the system's CUDA torch; lightning_split runs from the
 #      source tree through PYTHONPATH, nothing is installed). Everything ends within GPU_CHECK_TIMEOUT
-#      (default 420 s; steps start only within GPU_CHECK_BUDGET, default 330 s). The results come back from
+#      (default 420 s; no step starts after GPU_CHECK_BUDGET, default 90 s less). The results come back from
 #      $OUT: gpu_check.json (every number), gpu_check.md (the summary), gpu_check.log (the progress lines).
-#      Then call give_back unless rerunning at once.
+#      Estimated (never run yet): about 3 minutes. Then call give_back, unless a step failed for a reason
+#      fixable at once: then rerun only it while the machine is warm, e.g. command
+#      "GPU_CHECK_TIMEOUT=200 bash scripts/gpu_check.sh --steps memory_7b throughput_7b", timeout_s 240.
 #
 # Here (CPU): bash scripts/gpu_check.sh --smoke   (the same code paths on tiny models, under a minute; the
 # results go to $OUT, else ./gpu_check_out). tests/test_gpu_check.py runs it.
@@ -47,8 +49,9 @@ export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 
 export OUT
 
 echo "[gpu_check.sh $(date -u +%H:%M:%S)] python $PYTHON, OUT $OUT, PYTHONPATH $PYTHONPATH"
-timeout -k 15 "${GPU_CHECK_TIMEOUT:-420}" "$PYTHON" scripts/gpu_check.py --out "$OUT" \
-    --budget-s "${GPU_CHECK_BUDGET:-330}" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+limit=${GPU_CHECK_TIMEOUT:-420}
+timeout -k 15 "$limit" "$PYTHON" scripts/gpu_check.py --out "$OUT" --budget-s "${GPU_CHECK_BUDGET:-$((limit - 90))}" \
+    "$@" 2>&1 | tee "$OUT/gpu_check.log"
 status=$?
 echo "[gpu_check.sh $(date -u +%H:%M:%S)] exit status $status (124: stopped by the time limit; finished steps" \
     "are in $OUT/gpu_check.json)" | tee -a "$OUT/gpu_check.log"

@@ -131,3 +131,9 @@ def test_a_failed_step_is_recorded_and_the_steps_needing_it_are_skipped(tmp_path
 def test_a_failed_form_keeps_its_row() -> None:
     rows = gpu_check_report.forms_section({"lora": {"error": "RuntimeError: boom", "traceback": "…"}})
     assert rows[-1] == "| lora | failed: RuntimeError: boom | | | | |"
+
+
+def test_a_form_that_raises_is_recorded_and_the_next_form_runs() -> None:
+    results = gpu_check.guarded_forms("forms", ["lora", "reft"], lambda form: {"lora": {}}[form] or {"done": form})
+    assert results["lora"] == {"done": "lora"}
+    assert results["reft"]["error"] == "KeyError: 'reft'" and "Traceback" in results["reft"]["traceback"]

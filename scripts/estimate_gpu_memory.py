@@ -103,6 +103,23 @@ def measure(folder: Path, data_file: Path, batch: int, one_way: bool) -> dict[st
         return json.loads(Path(out.name).read_text())
 
 
+def extrapolate(one: dict[str, int], two: dict[str, int], depth: int, layer: int) -> dict[str, int]:
+    """The full model's figures from the 1- and 2-block slices' ``weights``, ``saved`` and ``train_peak`` bytes.
+
+    Weights grow by one block's bytes per block; saved activations by one block's per block from the steered
+    block ``layer`` to the last of ``depth``; the transient working set is the 2-block step's peak above its
+    saved activations (see the module docstring).
+    """
+    w1, s1, w2, s2 = one["weights"], one["saved"], two["weights"], two["saved"]
+    return {
+        "block_weights": w2 - w1,
+        "block_saved": s2 - s1,
+        "weights": w1 + (depth - 1) * (w2 - w1),
+        "saved": s1 + (depth - layer - 1) * (s2 - s1),
+        "transient": max(two["train_peak"] - s2, 0),
+    }
+
+
 def estimate(path: str) -> dict[str, Any]:
     """Measures the two slices of one GPU config and extrapolates to the full model."""
     spec = GPU_RUNS[path]
@@ -117,17 +134,15 @@ def estimate(path: str) -> dict[str, Any]:
             folder = Path(tmp) / f"slice{blocks}"
             build_slice(backbone, blocks, folder)
             runs.append(measure(folder, data_file, batch, one_way))
-    (w1, s1), (w2, s2) = ((r["weights"], r["saved"]) for r in runs)
-    weights = w1 + (depth - 1) * (w2 - w1)
-    saved = s1 + (depth - layer - 1) * (s2 - s1)
-    transient = max(runs[1]["train_peak"] - s2, 0)
+    full = extrapolate(runs[0], runs[1], depth, layer)
+    weights, saved, transient = full["weights"], full["saved"], full["transient"]
     pairs_per_rank = -(-train_pairs // spec["devices"])
     cache = int(pairs_per_rank * mean_tokens * width * 4)
     total = weights + saved + transient + cache + CONTEXT_BYTES
     return {
         "path": path, "backbone": backbone, "layer": layer, "depth": depth, "devices": spec["devices"],
         "batch": batch, "rows": runs[0]["tokens_per_step"] // longest, "longest": longest,
-        "block_weights": w2 - w1, "block_saved": s2 - s1, "weights": weights, "saved": saved,
+        "block_weights": full["block_weights"], "block_saved": full["block_saved"], "weights": weights, "saved": saved,
         "transient": transient, "cache": cache, "total": total, "with_margin": int(total * MARGIN),
     }  # fmt: skip
 

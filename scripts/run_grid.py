@@ -344,6 +344,26 @@ class Progress:
         return total
 
 
+def dry_run_estimate(cells: Sequence[Cell], size: Size, out: Path) -> str:
+    """The time the cells not yet finished in ``out`` will take: from the wall times of the finished cells there
+    (as :class:`Progress` reckons), else from the size's measured time per cell."""
+    progress, left = Progress(), []
+    for cell in cells:
+        record = CellRecord.read(out / cell.folder)
+        if record is not None and record.status == "finished" and record.seconds is not None:
+            progress.seconds[cell] = record.seconds
+        else:
+            left.append(cell)
+    if progress.seconds:
+        return (
+            f"estimate: {clock(progress.left(left))} for the {len(left)} cells not finished in {out}, from the wall "
+            f"times of its {len(progress.seconds)} finished cells (each at the mean of finished cells of its dataset "
+            "and form; they ran under whatever load the machine had)"
+        )
+    estimate = None if size.seconds_per_cell is None else size.seconds_per_cell * len(left)
+    return f"estimate: {clock(estimate)} at {size.seconds_per_cell} s per cell ({size.measured or 'not measured'})"
+
+
 def clock(seconds: float | None) -> str:
     """``1:02:03`` (``?`` for ``None``)."""
     if seconds is None:
@@ -490,9 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cells:
         raise SystemExit("run_grid: no cell left after --datasets/--objectives/--forms/--seeds")
     if args.dry_run:
-        estimate = None if size.seconds_per_cell is None else size.seconds_per_cell * len(cells)
         print(f"{len(cells)} cells; size {size.name}: {size.cuts()}")
-        print(f"estimate: {clock(estimate)} at {size.seconds_per_cell} s per cell ({size.measured or 'not measured'})")
+        print(dry_run_estimate(cells, size, args.out))
         for cell in cells:
             files = cell_configs(cell.dataset, cell.objective, cell.form)
             command = fit_command(cell, args.out / cell.folder, files, size.overrides(cell.objective))

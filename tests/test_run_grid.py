@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,19 @@ def test_results_compare_the_finished_cells_with_seeds(tmp_path: Path, configs: 
     assert "| SPLIT · vector | 2 | 2.000 ± 0.000 | 1.000 ± 0.000 | 1.000 ± 0.000 |" in results
     assert "Highest preference gain: **SPLIT · vector**." in results
     assert (out / "compare" / "sentiment" / "vector" / "frontier.png").is_file()
+
+
+def test_dry_run_estimates_from_the_finished_cells_of_the_folder(tmp_path: Path, configs: Path) -> None:
+    cells = run_grid.REDUCED_GRID.cells()
+    out = tmp_path / "grid"
+    assert "at 60.0 s per cell" in run_grid.dry_run_estimate(cells, replace(run_grid.TINY, seconds_per_cell=60.0), out)
+    run_grid.run_grid(cells[:1], run_grid.TINY, out, FakeFit(), configs, lambda _: None)
+    record = run_grid.CellRecord.read(out / cells[0].folder)
+    assert record is not None
+    record.seconds = 600.0
+    record.write(out / cells[0].folder)
+    said = run_grid.dry_run_estimate(cells, run_grid.TINY, out)
+    assert said.startswith("estimate: 0:10:00 for the 1 cells not finished") and "its 1 finished cells" in said
 
 
 def test_progress_estimates_time_left_from_alike_cells() -> None:

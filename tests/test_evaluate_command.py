@@ -197,3 +197,14 @@ def test_bad_options_exit_2_with_their_message_before_the_backbone_loads_and_wri
     err = capsys.readouterr().err
     assert err.startswith("lightning-split: error: ") and re.search(message, err), err
     assert loads[0] == 0 and set(run_folder.rglob("*")) == before
+
+
+def test_a_prefilled_judge_gets_a_few_reply_tokens_unless_told() -> None:
+    from lightning_split.commands.evaluate import _judge, _parser
+
+    base = ["run", "--dataset", "axbench", "--concepts", "3", "--multipliers", "0", "1", "--judge", "hf:unused"]
+
+    def tokens(*extra: str) -> int:
+        return _judge(_parser().parse_args([*base, *extra]), "axbench", "cpu").max_new_tokens
+
+    assert (tokens(), tokens("--judge-prefill"), tokens("--judge-prefill", "--judge-max-tokens", "20")) == (256, 8, 20)

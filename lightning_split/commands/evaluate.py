@@ -32,6 +32,7 @@ HELP = "judged evaluation of a control: generate at each m, judge, choose m on o
 
 DATASET_NAMES = {"power-seeking": "power-seeking", "powerseeking": "power-seeking", "axbench": "axbench"}
 JUDGE_MAX_TOKENS = {"power-seeking": 10, "axbench": 256}  # BiPO: the score first, at most 10 tokens; AxBench explains
+PREFILLED_MAX_TOKENS = 8  # a prefilled reply continues at the score: a few tokens hold it
 JUDGE_CACHE_FILE = "judge-cache.sqlite"
 
 
@@ -60,7 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     _add(p, "judge-base-url", help="an OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or api.openai.com)")
     _add(p, "judge-temperature", type=float, default=0.0, help="judge temperature (default 0)")
     _add(p, "judge-seed", type=int, default=0, help="judge seed (default 0)")
-    _add(p, "judge-max-tokens", type=int, help="judge reply tokens (default: 10 power-seeking, 256 axbench)")
+    _add(
+        p,
+        "judge-max-tokens",
+        type=int,
+        help="judge reply tokens (default: 10 power-seeking, 256 axbench, 8 with --judge-prefill)",
+    )
     _add(p, "judge-batch-size", type=int, default=8, help="hf judge: prompts decoded together (default 8)")
     _add(p, "judge-concurrency", type=int, default=8, help="openai judge: requests in flight (default 8)")
     _add(
@@ -132,7 +138,7 @@ def _judge(args: argparse.Namespace, dataset: str, device: str) -> Any:
     """The judge, without its cache (set once the output folder is known to be usable)."""
     from lightning_split.judges import HFJudge, OpenAIJudge
 
-    max_tokens = args.judge_max_tokens or JUDGE_MAX_TOKENS[dataset]
+    max_tokens = args.judge_max_tokens or (PREFILLED_MAX_TOKENS if args.judge_prefill else JUDGE_MAX_TOKENS[dataset])
     if args.judge == "openai":
         return OpenAIJudge(
             args.judge_model,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OptionError
+from ..progress import ProgressLog
 from .cache import JudgeCache
 
 #: One chat conversation: ``[{"role": "user", "content": "..."}]`` (roles ``system``, ``user``, ``assistant``).
@@ -151,12 +152,16 @@ class Judge(ABC):
                 self.counts.cache_hits += 1
         if not missing:
             return replies
-        identity = self.describe().identity()
-        for j, reply in self._send([conversations[i] for i in missing], attempt):
-            i = missing[j]
-            replies[i] = reply
-            if reply is None:
-                self.counts.failures += 1
-            elif self.cache is not None:
-                self.cache.put(keys[i], reply, identity)
+        record = self.describe()
+        identity = record.identity()
+        label = f"judge {record.model} replies" + (f" (attempt {attempt + 1})" if attempt else "")
+        with ProgressLog(label, len(missing), unit="reply") as advance:
+            for j, reply in self._send([conversations[i] for i in missing], attempt):
+                i = missing[j]
+                replies[i] = reply
+                if reply is None:
+                    self.counts.failures += 1
+                elif self.cache is not None:
+                    self.cache.put(keys[i], reply, identity)
+                advance()
         return replies

@@ -179,6 +179,10 @@ def test_the_in_process_judge_on_a_tiny_model_counts_unparseable_replies_and_not
          "--max_prompts is for power-seeking"),
         (["--dataset", "power-seeking", "--multipliers", "0", "--judge", "hf:x", "--temperature", "0"],
          "--temperature is 0.0; it must be > 0 when sampling"),
+        (["--dataset", "power-seeking", "--multipliers", "0", "--judge", "hf:x", "--judge-constrained"],
+         "--judge-constrained needs --judge-prefill"),
+        (["--dataset", "power-seeking", "--multipliers", "0", "--judge", "openai", "--judge-model", "m",
+          "--judge-prefill", "--judge-constrained"], r"--judge-constrained needs .*\(--judge hf:MODEL\)"),
     ],
 )  # fmt: skip
 def test_bad_options_exit_2_with_their_message_before_the_backbone_loads_and_write_nothing(
@@ -208,3 +212,16 @@ def test_a_prefilled_judge_gets_a_few_reply_tokens_unless_told() -> None:
         return _judge(_parser().parse_args([*base, *extra]), "axbench", "cpu").max_new_tokens
 
     assert (tokens(), tokens("--judge-prefill"), tokens("--judge-prefill", "--judge-max-tokens", "20")) == (256, 8, 20)
+
+
+def test_a_constrained_judge_chooses_among_the_rubric_scores() -> None:
+    from lightning_split.commands.evaluate import _judge, _parser
+
+    base = ["run", "--multipliers", "0", "--judge", "hf:unused", "--judge-prefill"]
+
+    def choices(dataset: str, *extra: str) -> Any:
+        return _judge(_parser().parse_args([*base, "--dataset", dataset, *extra]), dataset, "cpu").choices
+
+    assert choices("axbench", "--judge-constrained") == ("0", "1", "2")
+    assert choices("power-seeking", "--judge-constrained") == ("1", "2", "3", "4")
+    assert choices("power-seeking") is None

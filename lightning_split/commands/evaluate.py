@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         help="start each judge reply at the score ('Rating: [[' / 'Score: '), for small in-process judges that do "
         "not follow the reply format; departs from the protocol (no explanation first) and is recorded",
     )
+    _add(
+        p,
+        "judge-constrained",
+        action="store_true",
+        help="with --judge-prefill and an hf: judge: no text generated, the reply is the score of the rubric's scale "
+        "whose first token the judge ranks highest after the reply start; recorded in the judge settings",
+    )
     _add(p, "judge-cache", help=f"the judge reply cache (default: <out>/{JUDGE_CACHE_FILE})")
     _add(p, "unparseable-retries", type=int, default=2, help="times an unparseable reply is asked again (default 2)")
     _add(p, "no_logodds", action="store_true", help="skip the log-odds curve (no sweep) and the correlations")
@@ -117,6 +124,11 @@ def _check(args: argparse.Namespace) -> None:
         raise OptionError("--judge openai needs --judge-model NAME (the model the endpoint serves)")
     if args.judge != "openai" and (args.judge_model or args.judge_base_url):
         raise OptionError("--judge-model and --judge-base-url are for --judge openai; hf:MODEL names its model")
+    if args.judge_constrained and not (args.judge_prefill and args.judge.startswith("hf:")):
+        raise OptionError(
+            "option --judge-constrained needs --judge-prefill and an in-process judge (--judge hf:MODEL): it reads "
+            "the score from the judge's next-token logits after the reply start"
+        )
 
 
 def _prompts(args: argparse.Namespace, dataset: str) -> list[Any]:
@@ -155,6 +167,7 @@ def _judge(args: argparse.Namespace, dataset: str, device: str) -> Any:
         max_new_tokens=max_tokens,
         batch_size=args.judge_batch_size,
         device=device,
+        choices=_rubric(dataset, args.judge_prefill).scores if args.judge_constrained else None,
     )
 
 

@@ -3,7 +3,9 @@
 Prompts are rendered with the model's chat template and decoded in left-padded batches, greedily by default (then
 the judge is :attr:`~lightning_split.judges.base.Judge.deterministic`: batching does not change a reply, and an
 unparseable reply is not asked again). With ``temperature > 0`` each batch is sampled under ``seed + attempt``, so
-a sampled reply depends on which prompts shared its batch. The model loads on the first call that misses the cache.
+a sampled reply depends on which prompts shared its batch. With ``choices`` nothing is generated: one forward pass
+per batch, and the reply is the choice whose first token the model ranks highest next (constrained scoring, for small
+judges that do not write a score). The model loads on the first call that misses the cache.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class HFJudge(Judge):
         cache: the reply cache (a :class:`JudgeCache` or its path), or ``None``.
         loaded: ``(model, tokenizer)`` already in memory for ``model`` (e.g. the backbone being evaluated), used
             instead of loading it again; ``model`` still names it in the record and the cache key.
+        choices: when set, the reply is one of these texts instead of generated text: the choice whose first token
+            has the highest logit right after the prompt (greedy, no sampling). Choices are compared by their first
+            token only, so choices whose first tokens are the same token are refused (:class:`JudgeConfigError`,
+            when the tokenizer loads); ``temperature``, ``seed`` and ``max_new_tokens`` are then unused.
     """
 
     def __init__(
@@ -55,31 +61,43 @@ class HFJudge(Judge):
         model_cache_dir: str | None = None,
         cache: JudgeCache | str | Path | None = None,
         loaded: tuple[Any, Any] | None = None,
+        choices: Sequence[str] | None = None,
     ) -> None:
-        if not model or temperature < 0 or max_new_tokens < 1 or batch_size < 1:
+        if (
+            not model
+            or temperature < 0
+            or max_new_tokens < 1
+            or batch_size < 1
+            or (choices is not None and not choices)
+        ):
             raise OptionError(
-                f"HFJudge: need a model name, temperature >= 0, max_new_tokens >= 1 and batch_size >= 1, got "
-                f"model={model!r}, temperature={temperature}, max_new_tokens={max_new_tokens}, batch_size={batch_size}"
+                f"HFJudge: need a model name, temperature >= 0, max_new_tokens >= 1, batch_size >= 1 and no empty "
+                f"choices, got model={model!r}, temperature={temperature}, max_new_tokens={max_new_tokens}, "
+                f"batch_size={batch_size}, choices={choices!r}"
             )
         super().__init__(cache)
         self.model_name, self.temperature, self.seed = model, temperature, seed
         self.max_new_tokens, self.batch_size, self.dtype, self.device = max_new_tokens, batch_size, dtype, device
         self.model_cache_dir = model_cache_dir
-        self.deterministic = temperature == 0
+        self.choices = None if choices is None else tuple(choices)
+        self.deterministic = temperature == 0 or self.choices is not None
+        self._choice_ids: list[int] = []
         self._loaded = None if loaded is None else self._checked(*loaded)
 
     def describe(self) -> JudgeRecord:
-        """Model name, greedy or sampling settings, dtype; batch size and device as options."""
-        sampling = (
-            {"temperature": self.temperature}
-            if self.deterministic
-            else {"temperature": self.temperature, "seed": self.seed}
-        )
+        """Model name, the choices (constrained) or the greedy or sampling settings, dtype; batch size and device as
+        options."""
+        if self.choices is not None:
+            decoding: dict[str, Any] = {"choices": list(self.choices)}
+        elif self.deterministic:
+            decoding = {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
+        else:
+            decoding = {"temperature": self.temperature, "seed": self.seed, "max_new_tokens": self.max_new_tokens}
         return JudgeRecord(
             kind="hf-in-process",
             model=self.model_name,
             endpoint="in-process",
-            settings={**sampling, "max_new_tokens": self.max_new_tokens, "dtype": self.dtype},
+            settings={**decoding, "dtype": self.dtype},
             options={"batch_size": self.batch_size, "device": self.device},
         )
 
@@ -94,7 +112,23 @@ class HFJudge(Judge):
                 f"judge model {self.model_name!r} has no chat template: an in-process judge needs an instruct "
                 "(chat) model such as 'smollm2-135m-instruct'"
             )
+        if self.choices is not None:
+            self._choice_ids = self._first_tokens(tokenizer, self.choices)
         return model.to(self.device), tokenizer
+
+    def _first_tokens(self, tokenizer: Any, choices: Sequence[str]) -> list[int]:
+        """The first token id of each choice; refuses a choice without tokens or sharing its first token."""
+        first: dict[int, str] = {}
+        for choice in choices:
+            ids = tokenizer(choice, add_special_tokens=False).input_ids
+            if not ids or ids[0] in first:
+                clash = f"starts with the same token as {first[ids[0]]!r}" if ids else "has no tokens"
+                raise JudgeConfigError(
+                    f"judge model {self.model_name!r}: choice {choice!r} {clash}; constrained choices are compared by "
+                    "their first token, so give choices whose first tokens differ"
+                )
+            first[ids[0]] = choice
+        return list(first)
 
     def _model(self) -> tuple[Any, Any]:
         if self._loaded is None:
@@ -105,16 +139,34 @@ class HFJudge(Judge):
             )
         return self._loaded
 
-    def _generate(self, conversations: Sequence[Messages], seed: int) -> list[str]:
-        import torch
-
+    def _padded(self, conversations: Sequence[Messages]) -> tuple[Any, Any, Any, Any, int]:
+        """The model, tokenizer, left-padded rendered prompts with their attention mask, and the pad id."""
         from ..data.tokenize import PairTokenizer
-        from ..generation import left_pad, seeded, stop_token_ids, until_stop
+        from ..generation import left_pad
 
         model, tokenizer = self._model()
         prompts = [tokenizer(_render(tokenizer, m), add_special_tokens=False).input_ids for m in conversations]
         pad_id = PairTokenizer(tokenizer).pad_id
         ids, attention = left_pad(prompts, pad_id, self.device)
+        return model, tokenizer, ids, attention, pad_id
+
+    def _choose(self, conversations: Sequence[Messages]) -> list[str]:
+        """Per prompt, the choice whose first token has the highest next-token logit (one forward pass)."""
+        import torch
+
+        model, _, ids, attention, _ = self._padded(conversations)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: each prompt's positions start at 0
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=1).logits
+        best = logits[:, -1, self._choice_ids].argmax(-1).tolist()
+        return [self.choices[i] for i in best]
+
+    def _generate(self, conversations: Sequence[Messages], seed: int) -> list[str]:
+        import torch
+
+        from ..generation import seeded, stop_token_ids, until_stop
+
+        model, tokenizer, ids, attention, pad_id = self._padded(conversations)
         stops = stop_token_ids(tokenizer, model)
         sampling = (
             {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
@@ -134,6 +186,6 @@ class HFJudge(Judge):
     def _send(self, conversations: Sequence[Messages], attempt: int) -> Iterator[tuple[int, str | None]]:
         for start in range(0, len(conversations), self.batch_size):
             batch = conversations[start : start + self.batch_size]
-            replies = self._generate(batch, self.seed + attempt)
+            replies = self._generate(batch, self.seed + attempt) if self.choices is None else self._choose(batch)
             self.counts.calls += len(batch)
             yield from enumerate(replies, start)

@@ -15,6 +15,7 @@ is never searched again), and every other brace is left as written.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -196,6 +197,13 @@ class Rubric:
         low, high = self.scale
         parse = partial(parse_prefilled, low=low, high=high, integer=self.name == "bipo")
         return replace(self, reply_start=REPLY_STARTS[self.name], parse=parse, parse_rule=PREFILL_RULE)
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The whole scores of :attr:`scale` as text (AxBench ``"0", "1", "2"``; BiPO ``"1"`` to ``"4"``): what a
+        constrained judge chooses among."""
+        low, high = self.scale
+        return tuple(str(score) for score in range(math.ceil(low), math.floor(high) + 1))
 
     def record(self) -> dict[str, Any]:
         """Name, scale, parsing rule and each template's source and sha256."""

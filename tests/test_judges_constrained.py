@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from lightning_split.errors import OptionError
 from lightning_split.judges import HFJudge, JudgeConfigError, axbench_rubric, bipo_rubric
 from lightning_split.judges.hf_judge import _render
 from tests.tiny_models import make_tiny_model
@@ -81,6 +82,8 @@ def test_the_choices_are_recorded_and_change_the_cache_key(tiny: tuple[Any, Any]
     assert constrained.describe().settings == {"choices": list(SCORES), "dtype": "float32"}
     assert constrained.deterministic and not free.deterministic
     assert constrained.cache_key(PROMPTS[0]) != free.cache_key(PROMPTS[0])
+    with pytest.raises(OptionError, match="no empty choices"):
+        HFJudge("tiny", choices=[])
 
 
 def test_rubric_scores_are_the_whole_numbers_of_the_scale() -> None:

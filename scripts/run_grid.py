@@ -427,6 +427,18 @@ def run_grid(
     return status
 
 
+def finished_cells(cells: Sequence[Cell], size: Size, out: Path, configs: Path = CONFIGS) -> dict[Cell, str]:
+    """The cells of ``cells`` finished in ``out`` with their current configs and ``size`` (status ``skipped``)."""
+    done = {}
+    for cell in cells:
+        files = cell_configs(cell.dataset, cell.objective, cell.form, configs)
+        if all(path.is_file() for path in files):
+            size_args = size.overrides(cell.objective)
+            if is_finished(out / cell.folder, fingerprint(cell, files, size_args), cell.seed):
+                done[cell] = "skipped"
+    return done
+
+
 def is_report_written(folder: Path) -> bool:
     """Whether a fit left its test report and curve."""
     report = folder / "tradeoff" / "test"
@@ -441,7 +453,7 @@ def write_results(cells: Sequence[Cell], status: dict[Cell, str], size: Size, ou
         "# Grid results",
         "",
         f"Size {size.name}: {size.cuts()}. Utility budget {budget:g} log-odds. "
-        f"{sum(s != 'failed' for s in status.values())} of {len(cells)} cells finished.",
+        f"{sum(status.get(cell) in ('finished', 'skipped') for cell in cells)} of {len(cells)} cells finished.",
     ]
     failed = [cell.name for cell in cells if status.get(cell) == "failed"]
     if failed:
@@ -519,7 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     status = run_grid(cells, size, args.out)
-    results = write_results(cells, status, size, args.out, args.max_utility_drop)
+    # results.md covers every finished cell of the folder, not only this run's (a run of a few cells used to
+    # replace the comparison of the others)
+    everything = grid.cells()
+    results = write_results(
+        everything, {**finished_cells(everything, size, args.out), **status}, size, args.out, args.max_utility_drop
+    )
     print(f"run_grid: results in {results}")
     return 1 if "failed" in status.values() else 0
 

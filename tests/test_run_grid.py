@@ -173,6 +173,16 @@ def test_dry_run_estimates_from_the_finished_cells_of_the_folder(tmp_path: Path,
     assert said.startswith("estimate: 0:10:00 for the 1 cells not finished") and "its 1 finished cells" in said
 
 
+def test_finished_cells_are_found_in_the_folder_for_the_results(tmp_path: Path, configs: Path) -> None:
+    cells = run_grid.REDUCED_GRID.cells()
+    out = tmp_path / "grid"
+    run_grid.run_grid(cells[:1], run_grid.TINY, out, FakeFit(), configs, lambda _: None)
+    assert run_grid.finished_cells(cells, run_grid.TINY, out, configs) == {cells[0]: "skipped"}
+    assert run_grid.finished_cells(cells, replace(run_grid.TINY, train_pairs=9), out, configs) == {}  # other size
+    results = run_grid.write_results(cells, {cells[0]: "skipped"}, run_grid.TINY, out).read_text()
+    assert "1 of 2 cells finished." in results
+
+
 def test_progress_estimates_time_left_from_alike_cells() -> None:
     cell = run_grid.Cell
     progress = run_grid.Progress({cell("a", "sft", "vector", 1): 10.0, cell("a", "sft", "lora", 1): 30.0})

@@ -30,9 +30,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -132,6 +133,8 @@ class Size:
         validation: Whether validation (and its trade-off sweeps) runs during fit.
         seconds_per_cell: Measured wall time of one cell at this size, for ``--dry-run`` estimates.
         measured: Where ``seconds_per_cell`` comes from.
+        per_dataset: Fields that differ for a dataset (``{"power-seeking": {"train_pairs": 48}}``), where its
+            cells cost more; see :meth:`for_dataset`.
     """
 
     name: str
@@ -143,6 +146,19 @@ class Size:
     validation: bool = True
     seconds_per_cell: float | None = None
     measured: str = ""
+    per_dataset: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def for_dataset(self, dataset: str) -> Size:
+        """The size of ``dataset``'s cells: this size with the dataset's own fields."""
+        return replace(self, **self.per_dataset.get(dataset, {}), per_dataset={})
+
+    def overridden(self, **fields: Any) -> Size:
+        """This size with ``fields`` set for every dataset (command-line options win over per-dataset fields)."""
+        per_dataset = {
+            dataset: {key: value for key, value in own.items() if key not in fields}
+            for dataset, own in self.per_dataset.items()
+        }
+        return replace(self, **fields, per_dataset=per_dataset)
 
     def overrides(self, objective: str) -> list[str]:
         """The ``lightning-split fit`` options of this size."""
@@ -163,7 +179,13 @@ class Size:
         return args
 
     def cuts(self) -> str:
-        """What this size leaves out of the shipped configs, in words."""
+        """What this size leaves out of the shipped configs, in words (each dataset's own cuts after)."""
+        said = self._own_cuts()
+        for dataset in self.per_dataset:
+            said += f". {dataset}: {self.for_dataset(dataset)._own_cuts()}"
+        return said
+
+    def _own_cuts(self) -> str:
         cut = []
         if self.train_pairs is not None:
             cut.append(f"{self.train_pairs} training pairs (configs: the whole split, 500)")
@@ -198,9 +220,18 @@ SIZES: dict[str, Size] = {
         test_pairs=32,
         multipliers=POSITIVE_GRID,
         validation=False,
-        seconds_per_cell=125.0,
-        measured="from the README's demo times on a quiet machine: 96 training pairs, 1 epoch and 40 test pairs "
-        "about 56 s; 0.19 s per swept pair and multiplier",
+        seconds_per_cell=200.0,
+        measured="the mean wall time of the 6 Psychopathy SFT/SPLIT cells of seed 42 (62 to 472 s, machine loaded)",
+        per_dataset={
+            # PowerSeeking answers are sentences, not one token: a cell of the Psychopathy size took 5.5 to 9 min
+            "power-seeking": {
+                "train_pairs": 48,
+                "test_pairs": 16,
+                "seconds_per_cell": 240.0,
+                "measured": "scaled from 2 PowerSeeking SPLIT cells with 96 training and 32 test pairs (323 and "
+                "551 s, machine loaded)",
+            },
+        },
     ),
 }
 TINY = Size("tiny", train_pairs=8, epochs=1, test_pairs=6, multipliers=(0.0, 0.5, 1.0, 2.0), validation=False)
@@ -344,24 +375,29 @@ class Progress:
         return total
 
 
-def dry_run_estimate(cells: Sequence[Cell], size: Size, out: Path) -> str:
-    """The time the cells not yet finished in ``out`` will take: from the wall times of the finished cells there
-    (as :class:`Progress` reckons), else from the size's measured time per cell."""
-    progress, left = Progress(), []
-    for cell in cells:
+def dry_run_estimate(cells: Sequence[Cell], size: Size, out: Path, configs: Path = CONFIGS) -> str:
+    """The time the cells not finished in ``out`` at this size will take: from the wall times of the cells
+    finished there at this size (as :class:`Progress` reckons), else from the size's measured time per cell."""
+    finished = finished_cells(cells, size, out, configs)
+    left = [cell for cell in cells if cell not in finished]
+    progress = Progress()
+    for cell in finished:
         record = CellRecord.read(out / cell.folder)
-        if record is not None and record.status == "finished" and record.seconds is not None:
+        if record is not None and record.seconds is not None:
             progress.seconds[cell] = record.seconds
-        else:
-            left.append(cell)
     if progress.seconds:
         return (
-            f"estimate: {clock(progress.left(left))} for the {len(left)} cells not finished in {out}, from the wall "
-            f"times of its {len(progress.seconds)} finished cells (each at the mean of finished cells of its dataset "
-            "and form; they ran under whatever load the machine had)"
+            f"estimate: {clock(progress.left(left))} for the {len(left)} cells not finished in {out} at this size, "
+            f"from the wall times of its {len(progress.seconds)} cells finished at this size (each at the mean of "
+            "finished cells of its dataset and form; they ran under whatever load the machine had)"
         )
-    estimate = None if size.seconds_per_cell is None else size.seconds_per_cell * len(left)
-    return f"estimate: {clock(estimate)} at {size.seconds_per_cell} s per cell ({size.measured or 'not measured'})"
+    per_cell = [size.for_dataset(cell.dataset).seconds_per_cell for cell in left]
+    estimate = None if None in per_cell else sum(per_cell)  # type: ignore[arg-type]
+    said = "; ".join(
+        f"{dataset}: {own.seconds_per_cell} s per cell ({own.measured or 'not measured'})"
+        for dataset, own in {cell.dataset: size.for_dataset(cell.dataset) for cell in left}.items()
+    )
+    return f"estimate: {clock(estimate)} for {len(left)} cells; {said}"
 
 
 def clock(seconds: float | None) -> str:
@@ -389,7 +425,7 @@ def run_grid(
         missing = [str(path) for path in files if not path.is_file()]
         if missing:
             raise SystemExit(f"run_grid: {cell.name}: no config {', '.join(missing)} (see cell_configs)")
-        size_args = size.overrides(cell.objective)
+        size_args = size.for_dataset(cell.dataset).overrides(cell.objective)
         plan.append((cell, files, size_args, fingerprint(cell, files, size_args)))
     status: dict[Cell, str] = {}
     for cell, _, _, expected in plan:
@@ -433,7 +469,7 @@ def finished_cells(cells: Sequence[Cell], size: Size, out: Path, configs: Path =
     for cell in cells:
         files = cell_configs(cell.dataset, cell.objective, cell.form, configs)
         if all(path.is_file() for path in files):
-            size_args = size.overrides(cell.objective)
+            size_args = size.for_dataset(cell.dataset).overrides(cell.objective)
             if is_finished(out / cell.folder, fingerprint(cell, files, size_args), cell.seed):
                 done[cell] = "skipped"
     return done
@@ -504,13 +540,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the grid (or lists it with ``--dry-run``); exit status 1 when a cell failed."""
     args = parser().parse_args(argv)
     grid, size = (REDUCED_GRID, TINY) if args.reduced else (Grid(), SIZES[args.size])
-    size = replace(
-        size,
-        train_pairs=args.train_pairs or size.train_pairs,
-        epochs=args.epochs or size.epochs,
-        sweep_pairs=args.sweep_pairs or size.sweep_pairs,
-        test_pairs=args.test_pairs or size.test_pairs,
-    )
+    given = {
+        "train_pairs": args.train_pairs,
+        "epochs": args.epochs,
+        "sweep_pairs": args.sweep_pairs,
+        "test_pairs": args.test_pairs,
+    }
+    size = size.overridden(**{key: value for key, value in given.items() if value is not None})
     cells = [
         cell
         for cell in grid.cells()
@@ -526,7 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(dry_run_estimate(cells, size, args.out))
         for cell in cells:
             files = cell_configs(cell.dataset, cell.objective, cell.form)
-            command = fit_command(cell, args.out / cell.folder, files, size.overrides(cell.objective))
+            size_args = size.for_dataset(cell.dataset).overrides(cell.objective)
+            command = fit_command(cell, args.out / cell.folder, files, size_args)
             print(f"  {cell.name}: lightning-split {shlex.join(command[3:])}")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)

@@ -163,14 +163,30 @@ def test_results_compare_the_finished_cells_with_seeds(tmp_path: Path, configs: 
 def test_dry_run_estimates_from_the_finished_cells_of_the_folder(tmp_path: Path, configs: Path) -> None:
     cells = run_grid.REDUCED_GRID.cells()
     out = tmp_path / "grid"
-    assert "at 60.0 s per cell" in run_grid.dry_run_estimate(cells, replace(run_grid.TINY, seconds_per_cell=60.0), out)
+    tiny = replace(run_grid.TINY, seconds_per_cell=60.0)
+    assert "sentiment: 60.0 s per cell" in run_grid.dry_run_estimate(cells, tiny, out, configs)
     run_grid.run_grid(cells[:1], run_grid.TINY, out, FakeFit(), configs, lambda _: None)
     record = run_grid.CellRecord.read(out / cells[0].folder)
     assert record is not None
     record.seconds = 600.0
     record.write(out / cells[0].folder)
-    said = run_grid.dry_run_estimate(cells, run_grid.TINY, out)
-    assert said.startswith("estimate: 0:10:00 for the 1 cells not finished") and "its 1 finished cells" in said
+    said = run_grid.dry_run_estimate(cells, run_grid.TINY, out, configs)
+    assert said.startswith("estimate: 0:10:00 for the 1 cells not finished") and "its 1 cells finished" in said
+    # a cell finished at another size is not finished at this one, and its time is not evidence for this size
+    other = replace(run_grid.TINY, train_pairs=9, seconds_per_cell=60.0)
+    assert run_grid.dry_run_estimate(cells, other, out, configs).startswith("estimate: 0:02:00 for 2 cells")
+
+
+def test_a_dataset_can_have_its_own_size() -> None:
+    size = replace(run_grid.TINY, per_dataset={"slow": {"train_pairs": 4, "seconds_per_cell": 9.0}})
+    assert size.for_dataset("slow").train_pairs == 4 and size.for_dataset("other").train_pairs == 8
+    assert size.for_dataset("slow").overrides("split")[:2] == ["--data.train_size", "4"]
+    assert "slow: 4 training pairs" in size.cuts()
+    # an option given on the command line wins over every dataset's own value
+    given = size.overridden(train_pairs=16)
+    assert given.for_dataset("slow").train_pairs == 16 and given.for_dataset("slow").seconds_per_cell == 9.0
+    two_hours = run_grid.SIZES["two-hours"]
+    assert two_hours.for_dataset("power-seeking").test_pairs < two_hours.for_dataset("psychopathy").test_pairs
 
 
 def test_finished_cells_are_found_in_the_folder_for_the_results(tmp_path: Path, configs: Path) -> None:

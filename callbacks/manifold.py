@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning_split.analysis import TradeoffCurve
 from lightning_split.contracts import require_sweep_target
 from lightning_split.errors import OptionError
+from lightning_split.files import fresh_folder
 from lightning_split.manifold.report import ManifoldReport
 from lightning_split.manifold.run_folder import (
     REPORT_FILE,
@@ -47,15 +48,6 @@ from .tradeoff import TradeoffCurveCallback
 log = logging.getLogger(__name__)
 
 NAME = "ManifoldAnalysisCallback"
-
-
-def fresh_folder(path: Path) -> Path:
-    """Creates and returns ``path``, or ``path-2``, ``path-3``… the first of them that does not exist yet."""
-    candidate, n = path, 2
-    while candidate.exists():
-        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
-    candidate.mkdir(parents=True)
-    return candidate
 
 
 def report_tables(report: ManifoldReport) -> dict[str, ReportTable]:
@@ -134,26 +126,20 @@ class ManifoldAnalysisCallback(Callback):
         progress: bool = False,
     ) -> None:
         super().__init__()
-        counts = {"k": k, "reference_pairs": reference_pairs, "reference_size": reference_size}
-        counts.update(batch_size=batch_size, max_rows=max_rows)
-        for name, value in counts.items():
-            if value < 1:
-                raise OptionError(f"{NAME}: {name} must be >= 1, got {value}")
-        if not levels or not all(0 < level <= 1 for level in levels):
-            raise OptionError(f"{NAME}: levels must be shares in (0, 1], got {list(levels)}")
-        if utility_level is not None and not 0 < utility_level <= 1:
-            raise OptionError(f"{NAME}: utility_level must lie in (0, 1] (None: not measured), got {utility_level}")
-        self.options = AnalysisOptions(
-            layers=layers,
-            levels=tuple(levels),
-            k=k,
-            reference_pairs=reference_pairs,
-            reference_size=reference_size,
-            seed=seed,
-            utility_level=utility_level,
-            batch_size=batch_size,
-            max_rows=max_rows,
-        )
+        try:
+            self.options = AnalysisOptions(
+                layers=layers,
+                levels=tuple(levels),
+                k=k,
+                reference_pairs=reference_pairs,
+                reference_size=reference_size,
+                seed=seed,
+                utility_level=utility_level,
+                batch_size=batch_size,
+                max_rows=max_rows,
+            )
+        except OptionError as err:
+            raise OptionError(f"{NAME}: {err}") from err
         self.output_dir = output_dir
         self.progress = progress
         self.last_report: Path | None = None
@@ -266,4 +252,4 @@ class ManifoldAnalysisCallback(Callback):
         return payload
 
 
-__all__ = ["ManifoldAnalysisCallback", "fresh_folder", "loggable", "report_tables", "spearman_scalars"]
+__all__ = ["ManifoldAnalysisCallback", "loggable", "report_tables", "spearman_scalars"]

@@ -26,6 +26,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def fresh_folder(path: str | os.PathLike[str]) -> Path:
+    """Creates and returns ``path``, or ``path-2``, ``path-3``… the first of them that does not exist yet (an
+    earlier stage's records there are never overwritten)."""
+    path = Path(path)
+    candidate, n = path, 2
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+    candidate.mkdir(parents=True)
+    return candidate
+
+
 @contextmanager
 def staged_output(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a path to write a file or folder at; when the body succeeds, what it wrote takes ``target``'s place.

@@ -223,13 +223,12 @@ SIZES: dict[str, Size] = {
         seconds_per_cell=200.0,
         measured="the mean wall time of the 6 Psychopathy SFT/SPLIT cells of seed 42 (62 to 472 s, machine loaded)",
         per_dataset={
-            # PowerSeeking answers are sentences, not one token: a cell of the Psychopathy size took 5.5 to 9 min
+            # PowerSeeking answers are sentences, not one token: half the training pairs
             "power-seeking": {
                 "train_pairs": 48,
-                "test_pairs": 16,
-                "seconds_per_cell": 240.0,
-                "measured": "scaled from 2 PowerSeeking SPLIT cells with 96 training and 32 test pairs (323 and "
-                "551 s, machine loaded)",
+                "seconds_per_cell": 110.0,
+                "measured": "4 PowerSeeking SFT/SPLIT vector and LoRA cells with 48 training and 16 test pairs: 67 to "
+                "89 s, quiet machine (test pairs cost about a third of a cell)",
             },
         },
     ),

@@ -111,3 +111,27 @@ def test_analyze_refuses_a_grid_without_zero_before_loading(run_dir: Path, capsy
         main([str(run_dir), "--multipliers", "1", "2", "--out", str(run_dir / "nozero")])
     assert "--multipliers: the multiplier grid must contain 0" in capsys.readouterr().err
     assert not (run_dir / "nozero").exists()
+
+
+def test_a_second_analysis_keeps_the_first(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    small = ["--reference-pairs", "8", "--k", "3", "--multipliers", "0", "2"]
+    main([str(run_dir), *small])
+    first = Path(capsys.readouterr().out.split("wrote ")[1].strip())
+    before = first.read_bytes()
+    main([str(run_dir), *small])
+    second = Path(capsys.readouterr().out.split("wrote ")[1].strip())
+    assert second.parent != first.parent and second.parent.name.startswith("manifold-")
+    assert first.read_bytes() == before  # the earlier report is not overwritten
+
+
+def test_analyze_refuses_a_non_empty_out_and_bad_counts(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = run_dir / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("someone else's")
+    with pytest.raises(SystemExit):
+        main([str(run_dir), "--out", str(taken)])
+    assert f"--out {taken} is not empty" in capsys.readouterr().err
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+    with pytest.raises(SystemExit):
+        main([str(run_dir), "--k", "0"])
+    assert "k (--k) must be >= 1, got 0" in capsys.readouterr().err

@@ -19,12 +19,13 @@ import pytest
 import torch
 import yaml
 from lightning_split.callbacks import ManifoldAnalysisCallback, TradeoffCurveCallback
-from lightning_split.callbacks.manifold import fresh_folder, loggable
+from lightning_split.callbacks.manifold import loggable
 
 from lightning_split import SteeringModule
 from lightning_split.cli import main
 from lightning_split.data.datamodule import PolarityDataModule
 from lightning_split.errors import OptionError
+from lightning_split.files import fresh_folder
 from lightning_split.interventions import VectorOptions
 from lightning_split.manifold import AnalysisOptions, analyze_run
 from lightning_split.manifold.report import cell
@@ -234,11 +235,11 @@ def test_setup_refuses_a_trainer_it_cannot_work_with(tiny_backbone_dir: Path) ->
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"k": 0}, "k must be >= 1, got 0"),
-        ({"reference_pairs": -1}, "reference_pairs must be >= 1"),
-        ({"levels": [0.9, 1.5]}, r"levels must be shares in \(0, 1\]"),
-        ({"levels": []}, "levels must be shares"),
-        ({"utility_level": 0.0}, "utility_level must lie in"),
+        ({"k": 0}, r"k \(--k\) must be >= 1, got 0"),
+        ({"reference_pairs": -1}, r"reference_pairs \(--reference-pairs\) must be >= 1"),
+        ({"levels": [0.9, 1.5]}, r"levels \(--levels\) must be shares in \(0, 1\]"),
+        ({"levels": []}, r"levels \(--levels\) must be shares"),
+        ({"utility_level": 0.0}, r"utility_level \(--utility-level\) must lie in"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:

@@ -186,7 +186,7 @@ def test_a_dataset_can_have_its_own_size() -> None:
     given = size.overridden(train_pairs=16)
     assert given.for_dataset("slow").train_pairs == 16 and given.for_dataset("slow").seconds_per_cell == 9.0
     two_hours = run_grid.SIZES["two-hours"]
-    assert two_hours.for_dataset("power-seeking").test_pairs < two_hours.for_dataset("psychopathy").test_pairs
+    assert two_hours.for_dataset("power-seeking").train_pairs < two_hours.for_dataset("psychopathy").train_pairs
 
 
 def test_finished_cells_are_found_in_the_folder_for_the_results(tmp_path: Path, configs: Path) -> None:

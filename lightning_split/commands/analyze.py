@@ -1,9 +1,10 @@
 """``lightning-split analyze RUN_DIR``: measure how far steering moves activations off the unsteered manifold.
 
 Reads a `lightning-split fit` run folder (``config.yaml``, ``control/``, ``tradeoff/test/curve.json``) and writes
-``<RUN_DIR>/manifold/manifold.md`` with its figures: distances of the steered activations from the unsteered
-ones at every multiplier, their relation to the utility drop, the share of the update in utility-relevant
-directions, and the paper's curve fits beside simpler baselines (:mod:`lightning_split.manifold`).
+``<RUN_DIR>/manifold/manifold.md`` (``manifold-2``… when an earlier analysis is there) with its figures:
+distances of the steered activations from the unsteered ones at every multiplier, their relation to the utility
+drop, the share of the update in utility-relevant directions, and the paper's curve fits beside simpler baselines
+(:mod:`lightning_split.manifold`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--multipliers", type=float, nargs="+", help="grid to measure, with 0 (default: the curve's own grid)"
     )
-    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/manifold)")
+    p.add_argument("--out", type=Path, help="empty or new output folder (default: RUN_DIR/manifold, -2, -3…)")
     p.add_argument("--layers", type=int, nargs="+", help="blocks to measure (default: control layer, middle, last)")
     p.add_argument("--levels", type=float, nargs="+", default=list(defaults.levels), help="explained variance")
     p.add_argument("--k", type=int, default=defaults.k, help="neighbours of the k-NN distance")
@@ -48,33 +49,29 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     """Runs the analysis and prints the report's path."""
+    from ..errors import OptionError
     from ..manifold.run_folder import AnalysisOptions, RunFolderError, analyze_run
 
     args = parser().parse_args(argv)
-    for name in ("k", "reference_pairs", "reference_size", "batch_size", "max_rows"):
-        if getattr(args, name) < 1:
-            parser().error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.utility_level <= 1:
-        parser().error(f"--utility-level must lie in [0, 1], got {args.utility_level}")
-    options = AnalysisOptions(
-        curve=args.curve,
-        multipliers=args.multipliers,
-        out=args.out,
-        layers=args.layers,
-        levels=tuple(args.levels),
-        k=args.k,
-        reference_pairs=args.reference_pairs,
-        reference_size=args.reference_size,
-        seed=args.seed,
-        utility_level=args.utility_level or None,
-        batch_size=args.batch_size,
-        max_rows=args.max_rows,
-        backbone=args.backbone,
-        data_dir=args.data_dir,
-        device_map=args.device_map,
-    )
     try:
+        options = AnalysisOptions(
+            curve=args.curve,
+            multipliers=args.multipliers,
+            out=args.out,
+            layers=args.layers,
+            levels=tuple(args.levels),
+            k=args.k,
+            reference_pairs=args.reference_pairs,
+            reference_size=args.reference_size,
+            seed=args.seed,
+            utility_level=args.utility_level or None,
+            batch_size=args.batch_size,
+            max_rows=args.max_rows,
+            backbone=args.backbone,
+            data_dir=args.data_dir,
+            device_map=args.device_map,
+        )
         path = analyze_run(args.run_dir, options)
-    except RunFolderError as err:
+    except (OptionError, RunFolderError) as err:
         parser().error(str(err))
     print(f"lightning-split analyze: wrote {path}")

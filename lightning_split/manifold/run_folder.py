@@ -26,6 +26,8 @@ from ..data.batch import PairBatch
 from ..data.datamodule import PairCollator, PolarityDataModule
 from ..data.tokenize import TokenizedPair
 from ..engine import PairScorer
+from ..errors import OptionError
+from ..files import fresh_folder
 from ..grid import check_grid
 from ..interventions.base import Intervention
 from ..layout import ModelLayout
@@ -56,7 +58,8 @@ class AnalysisOptions:
         curve: the curve file (``None``: ``<run>/tradeoff/test/curve.json``).
         multipliers: the grid measured on the curve's pairs (``None``: the curve's own grid; must hold 0). A finer
             or wider grid than the run swept gives the curve fits the points they need.
-        out: output folder (``None``: ``<run>/manifold``).
+        out: output folder (``None``: ``<run>/manifold``, or ``manifold-2``… when that exists); an explicit
+            folder that holds anything is refused.
         layers: blocks measured (``None``: the control's layer, the middle of the blocks above it, the last).
         levels: explained-variance levels of the principal subspaces.
         k: neighbours of the k-NN distance.
@@ -86,6 +89,28 @@ class AnalysisOptions:
     backbone: str | None = None
     data_dir: str | None = None
     device_map: str | None = None
+
+    def __post_init__(self) -> None:
+        """Checks the counts and shares.
+
+        Raises:
+            OptionError: the first setting out of range, named as a field and as its ``analyze`` option.
+        """
+        for name in ("k", "reference_pairs", "reference_size", "batch_size", "max_rows"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"{_named(name)} must be >= 1, got {getattr(self, name)}")
+        if not self.levels or not all(0 < level <= 1 for level in self.levels):
+            raise OptionError(f"{_named('levels')} must be shares in (0, 1], got {list(self.levels)}")
+        if self.utility_level is not None and not 0 < self.utility_level <= 1:
+            raise OptionError(
+                f"{_named('utility_level')} must lie in (0, 1] (None, or 0 on the command line: not measured), "
+                f"got {self.utility_level}"
+            )
+
+
+def _named(field: str) -> str:
+    """``reference_pairs (--reference-pairs)``: a setting as the callback and as ``analyze`` spell it."""
+    return f"{field} (--{field.replace('_', '-')})"
 
 
 def default_layers(first: int, num_layers: int) -> list[int]:
@@ -273,6 +298,8 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
     control_dir = run_dir / CONTROL_DIRNAME
     if not control_dir.is_dir():
         raise RunFolderError(f"{control_dir} not found: the run saved no control (it is written when `fit` ends)")
+    if options.out is not None and options.out.exists() and any(options.out.iterdir()):
+        raise RunFolderError(f"--out {options.out} is not empty: remove it or choose another folder")
     data_config = _read_config(run_dir)
     curve = _read_curve(run_dir, options.curve)
     try:
@@ -310,7 +337,7 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
         model=curve.model or steered.metadata.get("backbone"),
         run=str(run_dir),
     )
-    out = options.out or run_dir / "manifold"
+    out = options.out or fresh_folder(run_dir / "manifold")
     curve_name = str(options.curve or DEFAULT_CURVE)
     analyze_control(subject, data.tokenized("train"), evaluated, curve, curve_name, layers, options, out)
     return out / REPORT_FILE

@@ -225,3 +225,29 @@ def test_a_constrained_judge_chooses_among_the_rubric_scores() -> None:
     assert choices("axbench", "--judge-constrained") == ("0", "1", "2")
     assert choices("power-seeking", "--judge-constrained") == ("1", "2", "3", "4")
     assert choices("power-seeking") is None
+
+
+def test_a_judge_without_a_chat_template_is_refused_before_the_backbone_loads(
+    run_folder: Path,  # noqa: F811
+    tiny_backbone_dir: Path,
+    tmp_path: Path,
+    shared_data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from transformers import AutoTokenizer
+
+    judge_dir = tmp_path / "plain-judge"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(judge_dir)
+    for name in os.listdir(judge_dir):
+        if name == "chat_template.jinja":
+            os.remove(judge_dir / name)
+    loads = count_calls(monkeypatch, artifacts, "load_steered")
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as exit_info:
+        main(_evaluate_args(run_folder, out, "--judge", f"hf:{judge_dir}", "--data_dir", str(shared_data_dir)))
+    assert exit_info.value.code == 2
+    assert "has no chat template" in capsys.readouterr().err
+    assert loads[0] == 0 and not out.exists()

@@ -160,7 +160,7 @@ def _judge(args: argparse.Namespace, dataset: str, device: str) -> Any:
             max_tokens=max_tokens,
             concurrency=args.judge_concurrency,
         )
-    return HFJudge(
+    judge = HFJudge(
         args.judge[3:],
         temperature=args.judge_temperature,
         seed=args.judge_seed,
@@ -169,6 +169,7 @@ def _judge(args: argparse.Namespace, dataset: str, device: str) -> Any:
         device=device,
         choices=_rubric(dataset, args.judge_prefill).scores if args.judge_constrained else None,
     )
+    return judge
 
 
 def _rubric(dataset: str, prefill: bool) -> Any:
@@ -226,6 +227,8 @@ def main(argv: list[str]) -> None:
     halves = split_halves(prompts, args.seed)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     judge = _judge(args, dataset, device)
+    if args.judge.startswith("hf:"):
+        judge.check_tokenizer()  # a judge without a chat template is refused before anything is generated
     generation = GenerationSettings(args.max_new_tokens, not args.greedy, args.temperature, args.seed)
     settings = {
         "dataset": dataset,

@@ -106,7 +106,18 @@ class HFJudge(Judge):
         """Whether the model is in memory (it loads on the first prompt that misses the cache)."""
         return self._loaded is not None
 
-    def _checked(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    def check_tokenizer(self) -> None:
+        """Loads only the judge's tokenizer and checks it (a chat template; choices with distinct first tokens), so
+        that a judge that cannot work is refused before anything is generated for it.
+
+        Raises:
+            JudgeConfigError: the tokenizer has no chat template, or two choices share their first token.
+        """
+        from ..backbone import load_tokenizer
+
+        self._check_tokenizer(load_tokenizer(self.model_name, cache_dir=self.model_cache_dir))
+
+    def _check_tokenizer(self, tokenizer: Any) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise JudgeConfigError(
                 f"judge model {self.model_name!r} has no chat template: an in-process judge needs an instruct "
@@ -114,6 +125,9 @@ class HFJudge(Judge):
             )
         if self.choices is not None:
             self._choice_ids = self._first_tokens(tokenizer, self.choices)
+
+    def _checked(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+        self._check_tokenizer(tokenizer)
         return model.to(self.device), tokenizer
 
     def _first_tokens(self, tokenizer: Any, choices: Sequence[str]) -> list[int]:

@@ -40,6 +40,9 @@ import yaml
 from lightning_split.analysis.compare import CompareError, compare, load_run
 from lightning_split.analysis.compare_report import readout_table, write_comparison
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid_tables import Group, paper_layout, split_margins  # noqa: E402 (a script beside this one)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 CELL_FILE = "cell.json"
@@ -497,19 +500,29 @@ def write_results(cells: Sequence[Cell], status: dict[Cell, str], size: Size, ou
     for cell in cells:
         if status.get(cell) in ("finished", "skipped"):
             groups.setdefault((cell.dataset, cell.form), []).append(cell)
+    compared: dict[str, dict[str, Group]] = {}
+    details: list[str] = []
     for (dataset, form), members in groups.items():
-        lines += ["", f"## {dataset} · {form}", ""]
+        details += ["", f"### {dataset} · {form}", ""]
+        runs = [load_run(out / cell.folder) for cell in members]
         try:
-            comparison = compare([load_run(out / cell.folder) for cell in members], budget)
+            comparison = compare(runs, budget)
         except CompareError as err:
-            lines.append(f"Not compared: {err}")
+            details.append(f"Not compared: {err}")
             continue
+        labels = {cell.objective: run.label for cell, run in zip(members, runs)}
+        compared.setdefault(dataset, {})[form] = (comparison, labels)
         target = out / "compare" / dataset / form
         paths = write_comparison(comparison, target)
         for at, heading in (("equal_cost", "At equal utility cost"), ("chosen", "At each method's chosen m")):
-            lines += [f"### {heading}", "", *readout_table(comparison, at), ""]
+            details += [f"#### {heading}", "", *readout_table(comparison, at), ""]
         table, png = paths["markdown"].relative_to(out), paths["frontier_png"].relative_to(out)
-        lines.append(f"Rules, notes and runs: [{table}]({table}). ![frontier]({png})")
+        details.append(f"Rules, notes and runs: [{table}]({table}). ![frontier]({png})")
+    for dataset, forms in compared.items():
+        lines += ["", f"## {dataset}: the paper's layout", "", *paper_layout(dataset, forms)]
+    if compared:
+        lines += ["", "## SPLIT against SFT and RePS at equal utility cost", "", *split_margins(compared)]
+    lines += ["", "## Per dataset and form", *details]
     results = out / RESULTS_FILE
     results.write_text("\n".join(lines) + "\n")
     return results

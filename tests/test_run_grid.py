@@ -154,10 +154,16 @@ def test_results_compare_the_finished_cells_with_seeds(tmp_path: Path, configs: 
     out = tmp_path / "grid"
     status = run_grid.run_grid(cells, run_grid.TINY, out, FakeFit(), configs, lambda _: None)
     results = run_grid.write_results(cells, status, run_grid.TINY, out).read_text()
-    assert "## sentiment · vector" in results
+    assert "### sentiment · vector" in results
     assert "| SPLIT · vector | 2 | 2.000 ± 0.000 | 1.000 ± 0.000 | 1.000 ± 0.000 |" in results
     assert "Highest preference gain: **SPLIT · vector**." in results
     assert (out / "compare" / "sentiment" / "vector" / "frontier.png").is_file()
+    # the paper's layout: a row per method (no paper columns for a dataset the paper has not), and SPLIT's margin
+    # over SFT at equal cost (SFT's cost reaches the budget at m = 0.5, gain 0.4; SPLIT's at m = 2, gain 1)
+    layout = results.split("## sentiment: the paper's layout")[1].split("\n## ")[0]
+    assert "| vector | SPLIT | 2 |" in layout and "| vector | SFT | 1 |" in layout and "paper" not in layout
+    margins = results.split("## SPLIT against SFT and RePS at equal utility cost")[1]
+    assert "| sentiment | vector | 1.000 ± 0.000 | SFT | 0.400 | 0.600 | one seed |" in margins
 
 
 def test_dry_run_estimates_from_the_finished_cells_of_the_folder(tmp_path: Path, configs: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -28,6 +29,24 @@ from lightning_split.objectives import OBJECTIVE_REGISTRY, OBJECTIVES, SPLIT, Ob
 MODEL = "smollm2-135m-instruct"
 LAYER = 15
 DATASETS = ("sentiment", "psychopathy", "power-seeking", "axbench")
+
+
+class Backbone(NamedTuple):
+    """A model the configs are written for: its registered name, config folder, middle block and what it covers."""
+
+    name: str
+    folder: str
+    title: str
+    layer: int
+    datasets: tuple[str, ...]
+    forms: tuple[str, ...]
+
+
+SMOLLM2 = Backbone(MODEL, "smollm2", "SmolLM2-135M-Instruct", LAYER, DATASETS, tuple(FORMS))
+GEMMA3 = Backbone("gemma3-270m", "gemma3-270m", "Gemma-3-270M", 9, ("psychopathy", "power-seeking"), ("vector", "lora"))
+"""Gemma-3-270M (base, 18 blocks, no chat template: plain-text prompts) for the grid's second model: the vector and
+LoRA forms on Psychopathy and PowerSeeking, the middle block 9 of 18."""
+BACKBONES = (SMOLLM2, GEMMA3)
 
 # Optimiser settings and form options per form (released: vectors lr 0.08, bs 4 × GA 1; LoRA / local weight
 # lr 0.01, 4 × 2). Every form of the registry ships configs; a form without a row takes DEFAULT_FORM_SETTINGS
@@ -179,28 +198,29 @@ def run_config(run: str, trainer: dict, model: dict, data: dict, **extra: object
     return {"base": None, "run_name": run, "trainer": trainer, "model": model, "data": data, **extra}
 
 
-def method_config(dataset: str, objective: str, form: str) -> dict:
+def method_config(dataset: str, objective: str, form: str, backbone: Backbone = SMOLLM2) -> dict:
     """One shipped config."""
     fs = FORM_SETTINGS.get(form, DEFAULT_FORM_SETTINGS)
     spec = objective_spec(dataset, objective, form)
     model = model_section(
-        MODEL, spec, form_spec(form), LAYER, training={"lr": fs["lr"]}, evaluation=evaluation(dataset)
+        backbone.name, spec, form_spec(form), backbone.layer, training={"lr": fs["lr"]}, evaluation=evaluation(dataset)
     )
     return run_config(
-        f"smollm2/{dataset}/{objective}-{form}",
+        f"{backbone.folder}/{dataset}/{objective}-{form}",
         {"max_epochs": EPOCHS[dataset], "accumulate_grad_batches": fs["accumulate"]},
         model,
         {"dataset": dataset, "batch_size": fs["batch_size"]},
     )
 
 
-def diffmean_config(dataset: str) -> dict:
+def diffmean_config(dataset: str, backbone: Backbone = SMOLLM2) -> dict:
     """DiffMean: one pass over the training pairs fits the vector, no optimiser (so no gradient clipping)."""
     zero = VectorOptions(init_std=0.0)  # DiffMean writes the vector; it starts at zero
-    model = model_section(MODEL, None, class_spec(zero, {"init_std": 0.0}), LAYER, evaluation=evaluation(dataset))
+    vector = class_spec(zero, {"init_std": 0.0})
+    model = model_section(backbone.name, None, vector, backbone.layer, evaluation=evaluation(dataset))
     model["class_path"] = "lightning_split.DiffMeanSteering"
     return run_config(
-        f"smollm2/{dataset}/diffmean-vector",
+        f"{backbone.folder}/{dataset}/diffmean-vector",
         {"max_epochs": 1, "gradient_clip_val": None},
         model,
         {"dataset": dataset, "batch_size": 8},
@@ -288,7 +308,7 @@ GPU_HEADER = """\
 """
 
 HEADER = """\
-# {title}, released settings scaled to SmolLM2-135M-Instruct (written by scripts/make_configs.py)
+# {title}, released settings scaled to {model} (written by scripts/make_configs.py)
 # Run: lightning-split fit --config {path}
 # Reads configs/base.yaml first (`base:`), the settings every config shares, and changes them.
 """
@@ -306,12 +326,15 @@ BASE_HEADER = """\
 def all_configs() -> dict[str, tuple[str, dict]]:
     """Every shipped config by relative path, with its title (the base first)."""
     out: dict[str, tuple[str, dict]] = {BASE: ("", base_config())}
-    for dataset in DATASETS:
-        for objective in OBJECTIVES:
-            for form in FORMS:
-                path = f"smollm2/{dataset}/{objective}-{form}.yaml"
-                out[path] = (f"{objective.upper()} · {form} · {dataset}", method_config(dataset, objective, form))
-        out[f"smollm2/{dataset}/diffmean-vector.yaml"] = (f"DiffMean · vector · {dataset}", diffmean_config(dataset))
+    for backbone in BACKBONES:
+        for dataset in backbone.datasets:
+            for objective in OBJECTIVES:
+                for form in backbone.forms:
+                    path = f"{backbone.folder}/{dataset}/{objective}-{form}.yaml"
+                    title = f"{objective.upper()} · {form} · {dataset}"
+                    out[path] = (title, method_config(dataset, objective, form, backbone))
+            path = f"{backbone.folder}/{dataset}/diffmean-vector.yaml"
+            out[path] = (f"DiffMean · vector · {dataset}", diffmean_config(dataset, backbone))
     out["demo.yaml"] = ("Main command: SPLIT · vector · sentiment, CPU-sized", demo_config())
     for path, spec in GPU_RUNS.items():
         out[path] = (spec["title"], gpu_config(path))
@@ -328,7 +351,8 @@ def render(path: str, title: str, config: dict) -> str:
     elif path in GPU_RUNS:
         header = GPU_HEADER.format(title=title, path=f"configs/{path}", memory=GPU_RUNS[path]["memory"])
     else:
-        header = HEADER.format(title=title, path=f"configs/{path}")
+        model = next(b.title for b in BACKBONES if path.startswith(f"{b.folder}/")) if "/" in path else SMOLLM2.title
+        header = HEADER.format(title=title, path=f"configs/{path}", model=model)
     return header + yaml.dump(config, Dumper=_ConfigDumper, sort_keys=False, width=120)
 
 

@@ -44,16 +44,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid_tables import Group, paper_layout, split_margins  # noqa: E402 (a script beside this one)
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "configs" / "smollm2"
+"""The configs of the grid's model (``configs/<model>/<dataset>/<objective>-<form>.yaml``)."""
 CELL_FILE = "cell.json"
 LOG_FILE = "run.log"
 RESULTS_FILE = "results.md"
 
 
 def cell_configs(dataset: str, objective: str, form: str, configs: Path = CONFIGS) -> list[Path]:
-    """The shipped config files of one cell, in the order they are passed as ``--config`` (the one place that
-    knows how the configs are laid out)."""
-    return [configs / "smollm2" / dataset / f"{objective}-{form}.yaml"]
+    """The shipped config files of one cell in the model's config folder ``configs``, in the order they are passed
+    as ``--config`` (the one place that knows how the configs are laid out)."""
+    return [configs / dataset / f"{objective}-{form}.yaml"]
 
 
 # ------------------------------------------------------------------------------------------------ the grid
@@ -114,6 +115,13 @@ class Grid:
                     cells += [Cell(dataset, objective, form, seed) for seed in seeds]
         return sorted(cells, key=lambda cell: self.seeds.index(cell.seed))
 
+
+MODELS = {
+    "smollm2": Grid(),
+    "gemma3-270m": Grid(forms=("vector", "lora"), seeds=(42,)),
+}
+"""The grid of each model's config folder (``configs/<model>/``): Gemma-3-270M has the vector and LoRA forms and
+one seed (its cells cost about twice SmolLM2's)."""
 
 REDUCED_GRID = Grid(
     datasets=("sentiment",), objectives=("sft", "split"), forms=("vector",), seeds=(42,), diffmean=False
@@ -309,7 +317,8 @@ def is_finished(folder: Path, expected: str, seed: int) -> bool:
 
 def fit_command(cell: Cell, folder: Path, configs: Sequence[Path], size_args: Sequence[str]) -> list[str]:
     """``lightning-split fit`` for one cell: its configs, seed, folder, W&B name and size."""
-    name = f"grid-{cell.dataset}-{cell.objective}-{cell.form}-s{cell.seed}"
+    model = configs[0].parent.parent.name
+    name = f"grid-{model}-{cell.dataset}-{cell.objective}-{cell.form}-s{cell.seed}"
     return [
         sys.executable,
         "-m",
@@ -532,7 +541,8 @@ def write_results(cells: Sequence[Cell], status: dict[Cell, str], size: Size, ou
 def parser() -> argparse.ArgumentParser:
     """The script's arguments."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "grid", help="grid folder (default runs/grid)")
+    p.add_argument("--model", choices=sorted(MODELS), default="smollm2", help="configs/<model>/ (default smollm2)")
+    p.add_argument("--out", type=Path, help="grid folder (default runs/grid, runs/grid-<model> for another model)")
     p.add_argument("--size", choices=sorted(SIZES), default="two-hours", help="preset cell size (default two-hours)")
     p.add_argument("--train-pairs", type=int, help="override the size's training pairs")
     p.add_argument("--epochs", type=int, help="override the size's epochs")
@@ -551,7 +561,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the grid (or lists it with ``--dry-run``); exit status 1 when a cell failed."""
     args = parser().parse_args(argv)
-    grid, size = (REDUCED_GRID, TINY) if args.reduced else (Grid(), SIZES[args.size])
+    grid, size = (REDUCED_GRID, TINY) if args.reduced else (MODELS[args.model], SIZES[args.size])
+    configs = ROOT / "configs" / args.model
+    out = args.out or ROOT / "runs" / ("grid" if args.model == "smollm2" else f"grid-{args.model}")
     given = {
         "train_pairs": args.train_pairs,
         "epochs": args.epochs,
@@ -570,22 +582,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cells:
         raise SystemExit("run_grid: no cell left after --datasets/--objectives/--forms/--seeds")
     if args.dry_run:
-        print(f"{len(cells)} cells; size {size.name}: {size.cuts()}")
-        print(dry_run_estimate(cells, size, args.out))
+        print(f"{len(cells)} cells of {args.model}; size {size.name}: {size.cuts()}")
+        print(dry_run_estimate(cells, size, out, configs))
         for cell in cells:
-            files = cell_configs(cell.dataset, cell.objective, cell.form)
+            files = cell_configs(cell.dataset, cell.objective, cell.form, configs)
             size_args = size.for_dataset(cell.dataset).overrides(cell.objective)
-            command = fit_command(cell, args.out / cell.folder, files, size_args)
+            command = fit_command(cell, out / cell.folder, files, size_args)
             print(f"  {cell.name}: lightning-split {shlex.join(command[3:])}")
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    status = run_grid(cells, size, args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    status = run_grid(cells, size, out, configs=configs)
     # results.md covers every finished cell of the folder, not only this run's (a run of a few cells used to
     # replace the comparison of the others)
     everything = grid.cells()
-    results = write_results(
-        everything, {**finished_cells(everything, size, args.out), **status}, size, args.out, args.max_utility_drop
-    )
+    finished = {**finished_cells(everything, size, out, configs), **status}
+    results = write_results(everything, finished, size, out, args.max_utility_drop)
     print(f"run_grid: results in {results}")
     return 1 if "failed" in status.values() else 0
 

@@ -34,8 +34,11 @@ def test_committed_configs_match_the_generator() -> None:
     expected = {path: gen.render(path, title, cfg) for path, (title, cfg) in gen.all_configs().items()}
     shipped = {str(p.relative_to(ROOT / "configs")): p.read_text() for p in [BASE, *CONFIGS]}
     assert shipped == expected, "configs/ is out of date: run python scripts/make_configs.py"
-    # every objective x form and DiffMean per dataset (87 files with 4 datasets, 4 objectives and 5 forms), the demo
-    assert len(CONFIGS) == 4 * (len(OBJECTIVES) * len(FORMS) + 1) + 1 + len(gen.GPU_RUNS)
+    # every objective x form and DiffMean per dataset (87 files with 4 datasets, 4 objectives and 5 forms), the demo;
+    # Gemma-3-270M's vector and LoRA on Psychopathy and PowerSeeking
+    smollm2 = 4 * (len(OBJECTIVES) * len(FORMS) + 1)
+    gemma = 2 * (len(OBJECTIVES) * 2 + 1)
+    assert len(CONFIGS) == smollm2 + 1 + len(gen.GPU_RUNS) + gemma
     gpu = {path: cfg for path, (_, cfg) in gen.all_configs().items() if path.startswith("gpu/")}
     assert any(cfg["trainer"].get("devices", 1) == 1 for cfg in gpu.values()), "no single-GPU config"
     assert any(cfg["trainer"].get("strategy") == "ddp" and cfg["trainer"]["devices"] > 1 for cfg in gpu.values())
@@ -81,8 +84,10 @@ def test_config_parses_and_builds(
         assert own["trainer"]["accelerator"] == "gpu" and own["trainer"]["precision"] == "bf16-true"
         assert cli.model.backbone_options.quantization == "nf4-dq" and cli.model.form == "lora"
         assert "Memory: about" in config.read_text()
-    else:
-        assert cli.model.hparams.backbone == "smollm2-135m-instruct"
+    else:  # configs/<model>/… names its backbone by the folder
+        model = config.relative_to(ROOT / "configs").parts[0]
+        expected = {"gemma3-270m": "gemma3-270m"}.get(model, "smollm2-135m-instruct")
+        assert cli.model.hparams.backbone == expected
     if config.parent.name != "configs" and not gpu:
         assert config.stem.endswith(cli.model.form), f"{config.name} builds form {cli.model.form}"
         assert config.stem.startswith(cli.model.objective_name), f"{config.name} builds {cli.model.objective_name}"

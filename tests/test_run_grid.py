@@ -59,8 +59,8 @@ class FakeFit:
 
 @pytest.fixture
 def configs(tmp_path: Path) -> Path:
-    """A configs folder with the two reduced-grid configs."""
-    root = tmp_path / "configs"
+    """A model's configs folder (``configs/<model>/``) with the two reduced-grid configs."""
+    root = tmp_path / "configs" / "smollm2"
     for objective in ("sft", "split"):
         path = run_grid.cell_configs("sentiment", objective, "vector", root)[0]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +84,11 @@ def test_grid_has_three_seeds_for_the_headline_cells_only() -> None:
     assert len(set(cells)) == len(cells)
     for cell in cells:  # every cell has its shipped config
         assert all(path.is_file() for path in run_grid.cell_configs(cell.dataset, cell.objective, cell.form))
+    gemma = run_grid.MODELS["gemma3-270m"].cells()
+    assert {cell.form for cell in gemma} == {"vector", "lora"} and {cell.seed for cell in gemma} == {42}
+    for cell in gemma:
+        files = run_grid.cell_configs(cell.dataset, cell.objective, cell.form, ROOT / "configs" / "gemma3-270m")
+        assert all(path.is_file() for path in files)
 
 
 def test_resume_skips_finished_cells_and_redoes_changed_and_unfinished_ones(tmp_path: Path, configs: Path) -> None:
@@ -117,7 +122,7 @@ def test_resume_skips_finished_cells_and_redoes_changed_and_unfinished_ones(tmp_
 
 
 def test_a_changed_base_config_reruns_the_cells_that_extend_it(tmp_path: Path, configs: Path) -> None:
-    base = configs / "base.yaml"
+    base = configs.parent / "base.yaml"
     base.write_text("trainer: {max_epochs: 2}\n")
     sft = run_grid.cell_configs("sentiment", "sft", "vector", configs)[0]
     sft.write_text("base: ../../base.yaml\n" + sft.read_text())

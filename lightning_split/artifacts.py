@@ -7,6 +7,7 @@ the control in a new process, ready to score or generate at any multiplier.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -56,6 +57,15 @@ def control_metadata(
         "layout_override": {k: backbone_options.get(k) for k in ("blocks_path", "down_proj_path")},
         "settings": {k: hparams.get(k) for k in _SETTING_KEYS if k in hparams},
     }
+
+
+def control_sha256(directory: str | Path) -> str:
+    """The SHA-256 of a saved control's two files (``control.json`` then ``control.safetensors``): what an
+    evaluation records, so that its results are matched to the control they judged."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        digest.update((Path(directory) / name).read_bytes())
+    return digest.hexdigest()
 
 
 def trained_positions(metadata: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from lightning_split.analysis.compare import (
     load_run,
     method_label,
 )
-from lightning_split.analysis.compare_report import to_markdown, write_comparison
+from lightning_split.analysis.compare_report import table_rows, to_markdown, write_comparison
 from lightning_split.analysis.curve import TradeoffCurve
 from lightning_split.cli import main as cli_main
 
@@ -230,3 +231,48 @@ def test_wandb_logs_offline_into_the_output_folder(
     (offline,) = (tmp_path / "cmp" / "wandb").glob("offline-run-*")
     assert f"W&B run: {offline}" in capsys.readouterr().out
     assert list(offline.glob("*.wandb"))
+
+
+def _evaluation(run: Path, name: str, digest: str, means: dict[float, tuple[float, float]]) -> None:
+    """An ``evaluate-*/results.json`` in ``run`` (only the fields compare reads): per m, the selection and
+    held-out halves' mean judged scores with 4 prompts each."""
+    halves = {
+        half: {str(m): {"mean": pair[i], "n": 4, "excluded": 0} for m, pair in means.items()}
+        for i, half in enumerate(("selection", "held-out"))
+    }
+    (run / name).mkdir()
+    results = {"settings": {"control_sha256": digest}, "table": {"aggregate": halves}}
+    (run / name / "results.json").write_text(json.dumps(results))
+
+
+def test_a_judged_evaluation_of_the_runs_control_adds_an_interpolated_column(tmp_path: Path) -> None:
+    from lightning_split.artifacts import control_sha256
+
+    run = run_folder(tmp_path, "split", curve(0.5, 0.5))
+    (run / "control").mkdir()
+    (run / "control" / "control.json").write_text("{}")
+    (run / "control" / "control.safetensors").write_bytes(b"weights")
+    digest = control_sha256(run / "control")
+    # an older evaluation of another control is ignored; the matching one judged m = 0, 1, 2 (halves averaged)
+    _evaluation(run, "evaluate-20260101-000000", "another control", {0.0: (9.0, 9.0)})
+    _evaluation(run, "evaluate-20250101-000000", digest, {0.0: (1.0, 1.0), 1.0: (1.5, 2.5), 2.0: (3.0, 3.0)})
+    loaded = load_run(run)
+    assert loaded.judged == ((0.0, 1.0), (1.0, 2.0), (2.0, 3.0))
+    assert loaded.judged_source == run / "evaluate-20250101-000000" / "results.json"
+    other = load_run(
+        run_folder(tmp_path, "sft", curve(0.8, 2.0, objective="sft"), "lightning_split.objectives.sft.SFT")
+    )
+    result = compare([other, loaded], budget=1.0)
+    assert "judged" in result.metrics
+    methods = {m.label: m for m in result.methods}
+    # SPLIT's m* is 2 (judged 3.0); at m = 1.5, between the evaluated 1 and 2, the score is interpolated
+    assert methods["SPLIT · vector"].at_equal_cost["judged"].mean == pytest.approx(3.0)
+    split_values = next(v for v in methods["SPLIT · vector"].runs)
+    assert split_values.series["judged"][GRID.index(1.5)] == pytest.approx(2.5)
+    assert math.isnan(split_values.series["judged"][GRID.index(3.0)])  # outside the evaluated grid
+    header, rows = table_rows(result, "equal_cost")
+    assert rows[0][header.index("judged")] == "—" and rows[1][header.index("judged")] == "3.000"  # SFT not judged
+    assert any("evaluate-20250101-000000" in note for note in result.notes)
+    # a control changed after the evaluation: its judged scores no longer belong to the run
+    (run / "control" / "control.safetensors").write_bytes(b"retrained")
+    assert load_run(run).judged == ()

@@ -14,12 +14,13 @@ deviation):
 Utility cost is ``utility(0) − utility(m)`` and preference gain ``pref(m) − pref(0)``, with the preference and
 utility the report's selection compares (:func:`~lightning_split.analysis.report.selection_preference`: class
 balanced for Yes/No answers; :func:`~lightning_split.analysis.report.clamp_safe_utility`). The other columns are
-every per-multiplier metric of the curves (:func:`metric_names`), so a metric added to the curves later (a judged
-score) appears without a change here.
+every per-multiplier metric of the curves (:func:`metric_names`), and the judged score (:data:`JUDGED`) of runs
+that were evaluated with ``lightning-split evaluate`` into their run folder (:func:`find_judged`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -37,6 +38,11 @@ COST = "utility cost"
 GAIN = "preference gain"
 NOT_METRICS = frozenset({"multiplier", "utility", "clamped", "n_pairs", "anti_steerable"})
 """Curve columns that are not compared as metrics (utility enters as :data:`COST`)."""
+
+JUDGED = "judged"
+"""The judged-score column: the mean judged score over every prompt of a ``lightning-split evaluate`` of the run's
+control at each multiplier it generated at (its dataset's aggregate: BiPO behaviour, AxBench harmonic mean),
+linearly interpolated between them; not a number outside its grid."""
 
 CONFIG_FILE = "config.yaml"
 _CONFIG_LEVELS = 3  # <run>/tradeoff/test/curve.json: the run's config.yaml is three folders up
@@ -60,6 +66,8 @@ class RunCurve:
         data: The data settings that decide which pairs the test split holds (dataset, files, seed, size).
         seed: ``seed_everything`` of the run's config.
         report_budget: ``tradeoff.max_utility_drop`` of the run's config (its report's selection budget).
+        judged: ``(m, mean judged score)`` of the run's evaluation (:func:`find_judged`); empty without one.
+        judged_source: The evaluation's ``results.json``.
     """
 
     curve: TradeoffCurve
@@ -69,6 +77,42 @@ class RunCurve:
     data: tuple[tuple[str, Any], ...] = ()
     seed: int | None = None
     report_budget: float | None = None
+    judged: tuple[tuple[float, float], ...] = ()
+    judged_source: Path | None = None
+
+
+def find_judged(curve_path: Path) -> Path | None:
+    """The newest ``<run>/evaluate-*/results.json`` (``lightning-split evaluate``'s default output) whose recorded
+    control hash is that of the run's saved ``control/``; ``None`` when there is none. ``<run>`` is the folder up to
+    three levels above the curve that holds ``control/control.json``."""
+    from lightning_split.artifacts import CONFIG_FILE as CONTROL_FILE
+    from lightning_split.artifacts import CONTROL_DIRNAME, control_sha256
+
+    for folder in list(curve_path.parents)[: _CONFIG_LEVELS + 1]:
+        control = folder / CONTROL_DIRNAME
+        if (control / CONTROL_FILE).is_file():
+            digest = control_sha256(control)
+            for results in sorted(folder.glob("evaluate-*/results.json"), reverse=True):
+                try:
+                    if json.loads(results.read_text())["settings"]["control_sha256"] == digest:
+                        return results
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+            return None
+    return None
+
+
+def judged_means(results: Path) -> tuple[tuple[float, float], ...]:
+    """``(m, mean)`` from an evaluation's ``results.json``: its aggregate score over both halves of the prompts
+    (weighted by their judged counts), at each multiplier with at least one valid judgment."""
+    table = json.loads(results.read_text())["table"]["aggregate"]
+    means = []
+    for m in sorted({float(key) for half in table.values() for key in half}):
+        cells = [half[key] for half in table.values() for key in half if float(key) == m]
+        valid = [(c["mean"], c["n"]) for c in cells if c.get("mean") is not None and c.get("n")]
+        if valid:
+            means.append((m, sum(mean * n for mean, n in valid) / sum(n for _, n in valid)))
+    return tuple(means)
 
 
 def find_curve(path: str | Path) -> Path:
@@ -114,6 +158,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunCurve:
     dataset = data.get("dataset") or data.get("test_file") or data.get("train_file")
     seed = config.get("seed_everything")
     report_budget = (config.get("tradeoff") or {}).get("max_utility_drop")
+    judged_source = find_judged(source)
     return RunCurve(
         curve=curve,
         source=source,
@@ -122,6 +167,8 @@ def load_run(path: str | Path, label: str | None = None) -> RunCurve:
         data=tuple((key, data.get(key)) for key in _DATA_KEYS) if config else (),
         seed=None if seed is None or isinstance(seed, bool) else int(seed),
         report_budget=None if report_budget is None else float(report_budget),
+        judged=() if judged_source is None else judged_means(judged_source),
+        judged_source=judged_source,
     )
 
 
@@ -243,6 +290,11 @@ def run_values(run: RunCurve, curve: TradeoffCurve, budget: float) -> RunValues:
     }
     for name in metric_names(curve):
         series[name] = [math.nan if row[name] is None else float(row[name]) for row in rows]  # type: ignore[arg-type]
+    if run.judged:
+        grid, means = zip(*run.judged)
+        series[JUDGED] = [
+            float(np.interp(m, grid, means)) if grid[0] <= m <= grid[-1] else math.nan for m in curve.multipliers
+        ]
     point = equal_cost_point(curve.multipliers, series[COST], budget)
     chosen = curve.multipliers.index(best_multiplier(curve, budget, "positive").multiplier)
     return RunValues(
@@ -310,7 +362,7 @@ def _method(label: str, runs: list[RunValues]) -> Method:
             "them on one grid"
         )
     multipliers = runs[0].curve.multipliers
-    names = list(runs[0].at_equal_cost)
+    names = list(dict.fromkeys(name for r in runs for name in r.at_equal_cost))
     frontier = tuple(
         (m, float(np.mean([r.series[COST][i] for r in runs])), float(np.mean([r.series[GAIN][i] for r in runs])))
         for i, m in enumerate(multipliers)
@@ -464,7 +516,13 @@ def compare(runs: Sequence[RunCurve], budget: float = 1.0) -> Comparison:
         by_label.setdefault(value.run.label, []).append(value)
     metrics: dict[str, None] = {}
     for value in values:
-        metrics.update(dict.fromkeys(metric_names(value.curve)))
+        metrics.update(dict.fromkeys(name for name in value.series if name not in (COST, GAIN)))
+    notes += [
+        f"{JUDGED} ({r.source}): {r.judged_source}, its mean over all judged prompts per multiplier, linearly "
+        "interpolated between them"
+        for r in runs
+        if r.judged_source is not None
+    ]
     first = values[0]
     zero = first.curve.zero_index
     curve = first.curve

@@ -19,12 +19,11 @@ Options may be written with ``-`` or ``_`` (``--max-new-tokens`` = ``--max_new_t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
-from lightning_split.artifacts import CONFIG_FILE, WEIGHTS_FILE, check_weights, read_metadata
+from lightning_split.artifacts import check_weights, control_sha256, read_metadata
 from lightning_split.commands.generate import control_folder
 from lightning_split.errors import OptionError
 
@@ -139,13 +138,6 @@ def _prompts(args: argparse.Namespace, dataset: str) -> list[Any]:
     return power_seeking_prompts(args.data_dir, args.max_prompts, args.seed)
 
 
-def _control_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        digest.update((folder / name).read_bytes())
-    return digest.hexdigest()
-
-
 def _judge(args: argparse.Namespace, dataset: str, device: str) -> Any:
     """The judge, without its cache (set once the output folder is known to be usable)."""
     from lightning_split.judges import HFJudge, OpenAIJudge
@@ -232,7 +224,7 @@ def main(argv: list[str]) -> None:
     generation = GenerationSettings(args.max_new_tokens, not args.greedy, args.temperature, args.seed)
     settings = {
         "dataset": dataset,
-        "control_sha256": _control_hash(folder),
+        "control_sha256": control_sha256(folder),
         "backbone": args.backbone or metadata["backbone"],
         "positions": metadata.get("positions", "all"),
         "generation": generation.as_dict(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from lightning_split.analysis.compare import COST, GAIN, Comparison, Method, Summary
+from lightning_split.analysis.compare_report import format_number
 
 FORMS = ("local_weight", "lora", "vector", "reft")
 """The paper's form order (ReFT is ours alone)."""
@@ -51,10 +52,6 @@ def _paper(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def _number(value: float | None) -> str:
-    return "—" if value is None else Summary(value, 0.0, 1).text()
-
-
 def _cell(method: Method, at: str, name: str) -> str:
     values = method.at_equal_cost if at == "equal_cost" else method.at_chosen
     return values[name].text() if name in values else "—"
@@ -83,7 +80,7 @@ def paper_layout(dataset: str, groups: Mapping[str, Group]) -> list[str]:
         header += [f"paper Gemma-2-9B ({measure})", f"paper Qwen-2.5-7B ({measure})"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     first = next(iter(groups.values()))[0]
-    unsteered = ["—", "unsteered", "", _number(first.baseline.get("accuracy")), "0", "", "", ""]
+    unsteered = ["—", "unsteered", "", format_number(first.baseline.get("accuracy")), "0", "", "", ""]
     if measure:
         unsteered += [_paper(value) for value in VANILLA[dataset]]
     lines.append("| " + " | ".join(unsteered) + " |")

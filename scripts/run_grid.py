@@ -374,16 +374,28 @@ class Progress:
     seconds: dict[Cell, float] = field(default_factory=dict)
 
     def left(self, remaining: Sequence[Cell]) -> float | None:
-        """Seconds left for ``remaining``: each cell at the mean of the finished cells of its dataset and form,
-        else of all finished cells; ``None`` before any cell finished."""
+        """Seconds left for ``remaining``: each cell at the mean of the finished cells most like it (same dataset,
+        objective and form; else same dataset and form; else same dataset and objective), else of all finished
+        cells; ``None`` before any cell finished."""
         if not self.seconds:
             return None
         overall = sum(self.seconds.values()) / len(self.seconds)
         total = 0.0
         for cell in remaining:
-            alike = [s for c, s in self.seconds.items() if (c.dataset, c.form) == (cell.dataset, cell.form)]
-            total += sum(alike) / len(alike) if alike else overall
+            total += next((mean for key in _LIKENESS if (mean := self._mean(cell, key)) is not None), overall)
         return total
+
+    def _mean(self, cell: Cell, key: Callable[[Cell], tuple[str, ...]]) -> float | None:
+        alike = [s for c, s in self.seconds.items() if key(c) == key(cell)]
+        return sum(alike) / len(alike) if alike else None
+
+
+_LIKENESS: tuple[Callable[[Cell], tuple[str, ...]], ...] = (
+    lambda c: (c.dataset, c.objective, c.form),
+    lambda c: (c.dataset, c.form),
+    lambda c: (c.dataset, c.objective),
+)
+"""How :class:`Progress` finds finished cells like an unfinished one, most alike first."""
 
 
 def dry_run_estimate(cells: Sequence[Cell], size: Size, out: Path, configs: Path = CONFIGS) -> str:
@@ -400,7 +412,7 @@ def dry_run_estimate(cells: Sequence[Cell], size: Size, out: Path, configs: Path
         return (
             f"estimate: {clock(progress.left(left))} for the {len(left)} cells not finished in {out} at this size, "
             f"from the wall times of its {len(progress.seconds)} cells finished at this size (each at the mean of "
-            "finished cells of its dataset and form; they ran under whatever load the machine had)"
+            "the finished cells most like it; they ran under whatever load the machine had)"
         )
     per_cell = [size.for_dataset(cell.dataset).seconds_per_cell for cell in left]
     estimate = None if None in per_cell else sum(per_cell)  # type: ignore[arg-type]

@@ -215,6 +215,9 @@ def test_progress_estimates_time_left_from_alike_cells() -> None:
     progress = run_grid.Progress({cell("a", "sft", "vector", 1): 10.0, cell("a", "sft", "lora", 1): 30.0})
     assert progress.left([cell("a", "split", "vector", 1), cell("b", "split", "reft", 1)]) == 10.0 + 20.0
     assert run_grid.Progress().left([cell("a", "sft", "vector", 1)]) is None
+    slow = run_grid.Progress({cell("a", "sft", "vector", 1): 10.0, cell("a", "reps", "vector", 1): 50.0})
+    assert slow.left([cell("a", "reps", "vector", 2)]) == 50.0  # its own objective, not the form's mean of 30
+    assert slow.left([cell("a", "reps", "reft", 1)]) == 50.0  # no reft cell: the same objective on the dataset
     assert run_grid.clock(3723) == "1:02:03"
 
 

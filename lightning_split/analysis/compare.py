@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -81,10 +81,10 @@ class RunCurve:
     judged_source: Path | None = None
 
 
-def find_judged(curve_path: Path) -> Path | None:
+def find_judged(curve_path: Path) -> tuple[Path, tuple[tuple[float, float], ...]] | None:
     """The newest ``<run>/evaluate-*/results.json`` (``lightning-split evaluate``'s default output) whose recorded
-    control hash is that of the run's saved ``control/``; ``None`` when there is none. ``<run>`` is the folder up to
-    three levels above the curve that holds ``control/control.json``."""
+    control hash is that of the run's saved ``control/``, with its :func:`judged_means`; ``None`` when there is none.
+    ``<run>`` is the folder up to three levels above the curve that holds ``control/control.json``."""
     from lightning_split.artifacts import CONFIG_FILE as CONTROL_FILE
     from lightning_split.artifacts import CONTROL_DIRNAME, control_sha256
 
@@ -94,18 +94,19 @@ def find_judged(curve_path: Path) -> Path | None:
             digest = control_sha256(control)
             for results in sorted(folder.glob("evaluate-*/results.json"), reverse=True):
                 try:
-                    if json.loads(results.read_text())["settings"]["control_sha256"] == digest:
-                        return results
+                    recorded = json.loads(results.read_text())
+                    if recorded["settings"]["control_sha256"] == digest:
+                        return results, judged_means(recorded)
                 except (OSError, ValueError, KeyError, TypeError):
                     continue
             return None
     return None
 
 
-def judged_means(results: Path) -> tuple[tuple[float, float], ...]:
-    """``(m, mean)`` from an evaluation's ``results.json``: its aggregate score over both halves of the prompts
-    (weighted by their judged counts), at each multiplier with at least one valid judgment."""
-    table = json.loads(results.read_text())["table"]["aggregate"]
+def judged_means(results: Mapping[str, Any]) -> tuple[tuple[float, float], ...]:
+    """``(m, mean)`` from an evaluation's parsed ``results.json``: its aggregate score over both halves of the
+    prompts (weighted by their judged counts), at each multiplier with at least one valid judgment."""
+    table = results["table"]["aggregate"]
     means = []
     for m in sorted({float(key) for half in table.values() for key in half}):
         cells = [half[key] for half in table.values() for key in half if float(key) == m]
@@ -158,7 +159,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunCurve:
     dataset = data.get("dataset") or data.get("test_file") or data.get("train_file")
     seed = config.get("seed_everything")
     report_budget = (config.get("tradeoff") or {}).get("max_utility_drop")
-    judged_source = find_judged(source)
+    judged = find_judged(source)
     return RunCurve(
         curve=curve,
         source=source,
@@ -167,8 +168,8 @@ def load_run(path: str | Path, label: str | None = None) -> RunCurve:
         data=tuple((key, data.get(key)) for key in _DATA_KEYS) if config else (),
         seed=None if seed is None or isinstance(seed, bool) else int(seed),
         report_budget=None if report_budget is None else float(report_budget),
-        judged=() if judged_source is None else judged_means(judged_source),
-        judged_source=judged_source,
+        judged=() if judged is None else judged[1],
+        judged_source=None if judged is None else judged[0],
     )
 
 

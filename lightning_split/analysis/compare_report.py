@@ -44,7 +44,7 @@ def to_markdown(comparison: Comparison, frontier: str | None = FRONTIER_FILE) ->
     """The comparison as markdown: setup, the two read-out tables, the rules, notes and the frontier."""
     budget = f"{comparison.budget:g}"
     low, high = comparison.grid_range
-    baseline = ", ".join(f"{name} {_number(value)}" for name, value in comparison.baseline.items())
+    baseline = ", ".join(f"{name} {format_number(value)}" for name, value in comparison.baseline.items())
     lines = [
         f"# Method comparison: {comparison.title}",
         "",
@@ -117,8 +117,9 @@ def log_to_wandb(comparison: Comparison, paths: dict[str, Path], project: str, n
     return folder
 
 
-def _number(value: float) -> str:
-    return Summary(value, 0.0, 1).text()
+def format_number(value: float | None) -> str:
+    """One value as the comparison tables print it (``"—"`` for none)."""
+    return "—" if value is None else Summary(value, 0.0, 1).text()
 
 
 def _seed(seed: int | None) -> str:

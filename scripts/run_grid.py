@@ -164,7 +164,11 @@ class Size:
         return replace(self, **self.per_dataset.get(dataset, {}), per_dataset={})
 
     def overridden(self, **fields: Any) -> Size:
-        """This size with ``fields`` set for every dataset (command-line options win over per-dataset fields)."""
+        """This size with ``fields`` set for every dataset (command-line options win over per-dataset fields).
+        The preset's measured time per cell is dropped: it was measured at the preset's own size."""
+        if not fields:
+            return self
+        fields = {"seconds_per_cell": None, "measured": "", **fields}
         per_dataset = {
             dataset: {key: value for key, value in own.items() if key not in fields}
             for dataset, own in self.per_dataset.items()

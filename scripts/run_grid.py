@@ -235,15 +235,16 @@ SIZES: dict[str, Size] = {
         test_pairs=32,
         multipliers=POSITIVE_GRID,
         validation=False,
-        seconds_per_cell=200.0,
-        measured="the mean wall time of the 6 Psychopathy SFT/SPLIT cells of seed 42 (62 to 472 s, machine loaded)",
+        seconds_per_cell=84.0,
+        measured="the mean of the 6 Psychopathy vector and LoRA x SFT/RePS/SPLIT cells of seed 44: 68 to 117 s "
+        "(2026-11-30, a quiet machine but for short test runs during the first two)",
         per_dataset={
             # PowerSeeking answers are sentences, not one token: half the training pairs
             "power-seeking": {
                 "train_pairs": 48,
-                "seconds_per_cell": 110.0,
-                "measured": "4 PowerSeeking SFT/SPLIT vector and LoRA cells with 48 training and 16 test pairs: 67 to "
-                "89 s, quiet machine (test pairs cost about a third of a cell)",
+                "seconds_per_cell": 126.0,
+                "measured": "the mean of the 6 PowerSeeking vector and LoRA x SFT/RePS/SPLIT cells of seed 44: 101 to "
+                "161 s, quiet machine (ReFT and DPO cells cost more: 5.6 to 7.1 min under load, not measured quiet)",
             },
         },
     ),

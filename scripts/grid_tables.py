@@ -2,8 +2,8 @@
 
 :func:`paper_layout` turns the per-form comparisons of one dataset (``lightning-split compare`` on the grid's
 cells, as ``scripts/run_grid.py`` makes them) into one table with a row per form and method, in the paper's
-order; :func:`split_margins` gives SPLIT's preference gain at equal utility cost against the best of SFT and
-RePS in the same form, the paper's headline claim. The paper's values (Gemma-2-9B-IT and Qwen-2.5-7B-Instruct,
+order; :func:`split_margins` gives SPLIT's preference gain at equal utility cost against SFT's and RePS's in the
+same form, the paper's headline claim. The paper's values (Gemma-2-9B-IT and Qwen-2.5-7B-Instruct,
 Tables 3 and 4; ``../shared/docs/paper-notes.md`` §6) are accuracy in % for Psychopathy and a gpt-4.1-mini judge
 score (0–4) for PowerSeeking; ours are log-odds read-outs of SmolLM2-135M-Instruct, so the columns sit beside
 each other, not on one scale.
@@ -117,25 +117,34 @@ def objective_name(objective: str) -> str:
 
 
 def split_margins(groups: Mapping[str, Mapping[str, Group]]) -> list[str]:
-    """SPLIT's preference gain at equal utility cost against the better of SFT and RePS in the same form, per
-    dataset and form, as markdown lines; the margin's spread is the two methods' sample standard deviations
-    combined (independent seeds). Rows where SPLIT or both baselines are missing are left out."""
-    header = ["dataset", "form", "SPLIT", "best of SFT, RePS", "its gain", "SPLIT − best", "SPLIT ahead by > 1 sd"]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---|---:|---:|---|"]
+    """SPLIT's preference gain at equal utility cost against SFT's and RePS's in the same form, per dataset and
+    form, as markdown lines. Each margin's spread is the two methods' sample standard deviations combined
+    (independent seeds), and it reads "ahead" or "behind" when the margin exceeds that spread, "level" when not.
+    Rows without SPLIT or without both baselines are left out."""
+    header = ["dataset", "form", "SPLIT", "SFT", "RePS", "SPLIT − SFT", "SPLIT − RePS"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---:|---:|"]
     for dataset, forms in groups.items():
         for form, (comparison, labels) in forms.items():
             methods = {method.label: method for method in comparison.methods}
             split = methods.get(labels.get("split", ""))
-            baselines = [(o, methods[labels[o]]) for o in ("sft", "reps") if labels.get(o) in methods]
-            if split is None or not baselines:
+            baselines = [methods.get(labels.get(objective, "")) for objective in ("sft", "reps")]
+            if split is None or all(baseline is None for baseline in baselines):
                 continue
-            name, best = max(baselines, key=lambda pair: pair[1].at_equal_cost[GAIN].mean)
-            ours, theirs = split.at_equal_cost[GAIN], best.at_equal_cost[GAIN]
-            margin = ours.mean - theirs.mean
-            spread = (ours.sd**2 + theirs.sd**2) ** 0.5
-            seeded = min(ours.n, theirs.n) > 1
-            ahead = ("yes" if margin > spread else "no") if seeded else "one seed"
-            row = [dataset, form.replace("_", " "), ours.text(), objective_name(name), theirs.text()]
-            row += [Summary(margin, spread, min(ours.n, theirs.n)).text(), ahead]
+            ours = split.at_equal_cost[GAIN]
+            row = [dataset, form.replace("_", " "), ours.text()]
+            row += ["—" if baseline is None else baseline.at_equal_cost[GAIN].text() for baseline in baselines]
+            row += ["—" if baseline is None else margin(ours, baseline.at_equal_cost[GAIN]) for baseline in baselines]
             lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def margin(ours: Summary, theirs: Summary) -> str:
+    """``ours − theirs`` with the combined spread and a verdict: ``+0.191 ± 0.274 (level)``; ``(one seed)`` when
+    either side has a single run."""
+    difference = ours.mean - theirs.mean
+    spread = (ours.sd**2 + theirs.sd**2) ** 0.5
+    runs = min(ours.n, theirs.n)
+    if runs < 2:
+        return f"{difference:+.3f} (one seed)"
+    verdict = "level" if abs(difference) <= spread else ("ahead" if difference > 0 else "behind")
+    return f"{difference:+.3f} ± {spread:.3f} ({verdict})"

@@ -168,7 +168,17 @@ def test_results_compare_the_finished_cells_with_seeds(tmp_path: Path, configs: 
     layout = results.split("## sentiment: the paper's layout")[1].split("\n## ")[0]
     assert "| vector | SPLIT | 2 |" in layout and "| vector | SFT | 1 |" in layout and "paper" not in layout
     margins = results.split("## SPLIT against SFT and RePS at equal utility cost")[1]
-    assert "| sentiment | vector | 1.000 ± 0.000 | SFT | 0.400 | 0.600 | one seed |" in margins
+    assert "| sentiment | vector | 1.000 ± 0.000 | 0.400 | — | +0.600 (one seed) | — |" in margins
+
+
+def test_split_margins_read_ahead_behind_or_level_by_the_combined_spread() -> None:
+    from grid_tables import margin
+
+    from lightning_split.analysis.compare import Summary
+
+    assert margin(Summary(0.5, 0.1, 3), Summary(0.2, 0.1, 3)) == "+0.300 ± 0.141 (ahead)"
+    assert margin(Summary(0.2, 0.1, 3), Summary(0.5, 0.1, 3)) == "-0.300 ± 0.141 (behind)"
+    assert margin(Summary(0.3, 0.2, 3), Summary(0.2, 0.2, 2)) == "+0.100 ± 0.283 (level)"
 
 
 def test_dry_run_estimates_from_the_finished_cells_of_the_folder(tmp_path: Path, configs: Path) -> None:

@@ -85,7 +85,8 @@ def test_grid_has_three_seeds_for_the_headline_cells_only() -> None:
     for cell in cells:  # every cell has its shipped config
         assert all(path.is_file() for path in run_grid.cell_configs(cell.dataset, cell.objective, cell.form))
     gemma = run_grid.MODELS["gemma3-270m"].cells()
-    assert {cell.form for cell in gemma} == {"vector", "lora"} and {cell.seed for cell in gemma} == {42}
+    assert {cell.form for cell in gemma} == {"vector", "lora"}
+    assert len(gemma) == 2 * (4 * 2 + 1) + 2 * 6 * 2  # 18 first-seed cells, the 12 headline cells twice more
     for cell in gemma:
         files = run_grid.cell_configs(cell.dataset, cell.objective, cell.form, ROOT / "configs" / "gemma3-270m")
         assert all(path.is_file() for path in files)

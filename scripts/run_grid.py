@@ -244,7 +244,7 @@ SIZES: dict[str, Size] = {
                 "train_pairs": 48,
                 "seconds_per_cell": 126.0,
                 "measured": "the mean of the 6 PowerSeeking vector and LoRA x SFT/RePS/SPLIT cells of seed 44: 101 to "
-                "161 s, quiet machine (ReFT and DPO cells cost more: 5.6 to 7.1 min under load, not measured quiet)",
+                "161 s, quiet machine (ReFT, DPO and RePS local weight cells cost more: 5.6 to 8.4 min under load)",
             },
         },
     ),
